@@ -1,0 +1,213 @@
+"""Tests of dqn_cartpole.py: its pieces, the training loop's bookkeeping, the run contract, learning."""
+
+import dataclasses
+import json
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch
+
+import dqn_cartpole as dqn
+from conftest import assert_bad_input, check_run_contract, read_scalars, run_script
+
+SCRIPT = "dqn_cartpole.py"
+CPU = torch.device("cpu")
+# A short run that trains (updates, target syncs, evaluations) in a few seconds.
+TINY = dict(total_timesteps=3_000, learning_starts=500, eval_frequency=1_000, eval_episodes=3,
+            final_eval_episodes=5, buffer_size=2_000, cuda=False)
+
+
+def tiny_args(**overrides):
+    return dataclasses.replace(dqn.Args(), **{**TINY, "run_name": "tiny", **overrides})
+
+
+def add_one(rb, value, terminated=0.0):
+    rb.add(np.full((1, 4), value), np.array([int(value) % 2]), np.array([value]),
+           np.full((1, 4), value + 0.5), np.array([terminated]))
+
+
+# ---- Replay buffer ----
+def test_buffer_wraps_around_overwriting_the_oldest():
+    rb = dqn.ReplayBuffer(5, 4, CPU)
+    for v in range(1, 8):
+        add_one(rb, v)
+    assert rb.size == 5 and rb.pos == 2
+    # Slots 0 and 1 were overwritten by the 6th and 7th transitions; slots 2..4 hold 3..5.
+    assert rb.rewards.tolist() == [6, 7, 3, 4, 5]
+    assert rb.next_obs[:, 0].tolist() == [6.5, 7.5, 3.5, 4.5, 5.5]
+    # A batch add that straddles the end of the arrays wraps too.
+    rb.add(np.full((4, 4), 9.0), np.zeros(4), np.full(4, 9.0), np.full((4, 4), 9.0), np.zeros(4))
+    assert rb.rewards.tolist() == [9, 7, 9, 9, 9] and rb.pos == 1
+
+
+def test_buffer_samples_only_filled_slots():
+    rb = dqn.ReplayBuffer(1_000, 4, CPU)
+    for v in range(1, 11):
+        add_one(rb, v)
+    obs, actions, rewards, next_obs, terminated = rb.sample(4_096, torch.Generator().manual_seed(0))
+    # Unfilled slots are zeros; every sampled reward must be one that was added.
+    assert set(rewards.tolist()) == set(range(1, 11))
+    assert torch.equal(next_obs[:, 0], rewards + 0.5) and torch.equal(actions, rewards.long() % 2)
+
+
+# ---- Schedules ----
+def test_linear_schedule():
+    assert dqn.linear_schedule(1.0, 0.04, 100, 0) == 1.0
+    assert dqn.linear_schedule(1.0, 0.0, 100, 50) == pytest.approx(0.5)
+    assert dqn.linear_schedule(1.0, 0.04, 100, 100) == pytest.approx(0.04)
+    assert dqn.linear_schedule(1.0, 0.04, 100, 10_000) == pytest.approx(0.04)
+
+
+# ---- Loss ----
+def test_td_target_bootstraps_on_truncation_not_on_termination():
+    rewards = torch.tensor([1.0, 1.0])
+    next_q = torch.tensor([[2.0, 5.0], [2.0, 5.0]])
+    # Row 0 terminated (pole fell): no future. Row 1 was cut by the time limit: it has a future.
+    terminated = torch.tensor([1.0, 0.0])
+    target = dqn.td_target(rewards, next_q, terminated, gamma=0.9)
+    assert target.tolist() == pytest.approx([1.0, 1.0 + 0.9 * 5.0])
+
+
+def test_double_q_target_uses_online_argmax_and_target_value():
+    next_q_target = torch.tensor([[2.0, 5.0]])
+    next_q_online = torch.tensor([[3.0, 1.0]])  # online net prefers action 0
+    target = dqn.td_target(torch.tensor([0.0]), next_q_target, torch.tensor([0.0]), 1.0, next_q_online)
+    assert target.item() == pytest.approx(2.0)
+
+
+def test_sync_target_copies_without_aliasing():
+    q, target = dqn.QNetwork(4, 2), dqn.QNetwork(4, 2)
+    dqn.sync_target(q, target)
+    for p, t in zip(q.parameters(), target.parameters()):
+        assert torch.equal(p, t)
+    with torch.no_grad():
+        next(q.parameters()).add_(1.0)
+    # A target that shares storage with the online net would have moved too.
+    assert not torch.equal(next(q.parameters()), next(target.parameters()))
+
+
+def test_update_moves_q_towards_target_and_keeps_adam_state():
+    torch.manual_seed(0)
+    q, target = dqn.QNetwork(4, 2, 16), dqn.QNetwork(4, 2, 16)
+    dqn.sync_target(q, target)
+    optimizer = torch.optim.Adam(q.parameters(), lr=1e-2)
+    batch = (torch.randn(8, 4), torch.randint(0, 2, (8,)), torch.ones(8), torch.randn(8, 4), torch.ones(8))
+    losses = [dqn.dqn_update(q, target, optimizer, batch, 0.99, False)[0].item() for _ in range(20)]
+    assert losses[-1] < losses[0]
+    assert all(s["step"].item() == 20 for s in optimizer.state.values())
+
+
+# ---- The training loop ----
+def test_training_keeps_one_optimizer_and_counts_updates(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    args = tiny_args(save_model=True, train_frequency=4)
+    summary = dqn.train(args)
+    checkpoint = torch.load(tmp_path / "runs/tiny/dqn_cartpole.pt")
+    expected_updates = (args.total_timesteps - args.learning_starts) // args.train_frequency
+    assert summary["updates"] == checkpoint["updates"] == expected_updates
+    # An Adam rebuilt every update would have restarted its step count (and moment estimates).
+    steps = {int(s["step"]) for s in checkpoint["optimizer"]["state"].values()}
+    assert steps == {expected_updates}
+
+
+def record_adds(monkeypatch):
+    stored = []
+    original = dqn.ReplayBuffer.add
+
+    def add(self, obs, actions, rewards, next_obs, terminated):
+        stored.extend(zip(np.array(obs), np.array(next_obs), np.array(terminated)))
+        original(self, obs, actions, rewards, next_obs, terminated)
+
+    monkeypatch.setattr(dqn.ReplayBuffer, "add", add)
+    return stored
+
+
+@pytest.mark.parametrize("num_envs", [1, 3])
+def test_autoreset_transition_never_stored(tmp_path, monkeypatch, num_envs):
+    monkeypatch.chdir(tmp_path)
+    stored = record_adds(monkeypatch)
+    args = tiny_args(num_envs=num_envs, total_timesteps=1_500, learning_starts=1_500)
+    dqn.train(args)
+    obs = np.array([s[0] for s in stored])
+    terminated = np.array([s[2] for s in stored])
+    # CartPole terminates when |x| > 2.4 or |theta| > 0.2095: a stored transition that *starts* from
+    # such a state is the autoreset step (final obs -> reset obs), which is not a transition.
+    out_of_bounds = (np.abs(obs[:, 0]) > 2.4) | (np.abs(obs[:, 2]) > 0.2095)
+    assert not out_of_bounds.any()
+    episodes = int(terminated.sum())
+    assert episodes > 20  # random play: many short episodes, each followed by one reset step
+    # Every episode but those ending on the very last step is followed by exactly one reset step.
+    assert args.total_timesteps - episodes <= len(stored) <= args.total_timesteps - episodes + num_envs
+
+
+def test_truncated_episodes_are_stored_as_not_terminated(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    gym.register("CartPoleShort-v1", entry_point="gymnasium.envs.classic_control:CartPoleEnv",
+                 max_episode_steps=5)
+    stored = record_adds(monkeypatch)
+    # Epsilon 0 and an untrained net: the pole takes ~9 steps to fall, so every episode is truncated.
+    dqn.train(tiny_args(env_id="CartPoleShort-v1", total_timesteps=600, learning_starts=600,
+                        start_e=0.0, end_e=0.0))
+    terminated = np.array([s[2] for s in stored])
+    # 5 stored transitions per 6 steps (one reset step); truncation leaves terminated at 0.
+    assert len(stored) == 500
+    assert terminated.sum() == 0
+
+
+def test_same_seed_same_result_different_seed_different_result(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    runs = {}
+    for name, seed in (("a", 3), ("b", 3), ("c", 4)):
+        summary = dqn.train(tiny_args(seed=seed, run_name=name))
+        losses = read_scalars(tmp_path / "runs" / name)["losses/td_loss"]
+        runs[name] = ([p["mean"] for p in summary["eval_history"]], summary["final_eval"], losses)
+    assert runs["a"] == runs["b"]
+    assert runs["a"][2] != runs["c"][2]
+
+
+# ---- The run contract, through the CLI ----
+def test_cli_run_contract_save_and_evaluate_checkpoint(workdir):
+    proc = run_script(SCRIPT, "--run-name", "smoke", "--seed", "2", "--total-timesteps", "2000",
+                      "--learning-starts", "500", "--eval-frequency", "1000", "--eval-episodes", "2",
+                      "--final-eval-episodes", "3", "--save-model", "--no-cuda", cwd=workdir)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "steps/s" in proc.stdout and "left" in proc.stdout  # progress lines
+    summary = check_run_contract(workdir / "runs/smoke", SCRIPT, "CartPole-v1", 2, 2000)
+    assert summary["final_eval"]["episodes"] == 3 and summary["device"] == "cpu"
+    checkpoint = workdir / "runs/smoke/dqn_cartpole.pt"
+    proc = run_script(SCRIPT, "--eval-checkpoint", checkpoint, "--run-name", "ev", "--seed", "2",
+                      "--final-eval-episodes", "3", "--no-cuda", cwd=workdir)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    evaluated = json.loads((workdir / "runs/ev/summary.json").read_text())
+    # The same weights and the same evaluation seeds give the same returns as at the end of training.
+    assert evaluated["final_eval"] == summary["final_eval"]
+
+
+def test_help_lists_every_field_with_its_docstring(workdir):
+    out = run_script(SCRIPT, "--help", cwd=workdir).stdout
+    for field in dataclasses.fields(dqn.Args):
+        assert "--" + field.name.replace("_", "-") in out, field.name
+    assert "discount factor" in out and "replay buffer capacity" in out
+
+
+@pytest.mark.parametrize("args, mentions", [
+    (["--env-id", "NoSuchEnv-v0"], ["--env-id", "NoSuchEnv-v0"]),
+    (["--env-id", "Pendulum-v1"], ["--env-id", "Discrete"]),
+    (["--batch-size", "512", "--buffer-size", "256"], ["--batch-size", "--buffer-size"]),
+    (["--total-timesteps", "0"], "--total-timesteps"),
+    (["--num-envs", "-1"], "--num-envs"),
+    (["--buffer-size", "100000000000"], ["--buffer-size", "GiB"]),
+    (["--eval-checkpoint", "missing.pt"], "--eval-checkpoint"),
+])
+def test_bad_input_one_line_exit_2(workdir, args, mentions):
+    assert_bad_input(SCRIPT, *args, cwd=workdir, mentions=mentions)
+
+
+# ---- Learning ----
+def test_learns_cartpole_with_a_small_budget(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    # A random policy scores about 22; the default settings with 25k steps reach far more.
+    summary = dqn.train(dataclasses.replace(dqn.Args(), total_timesteps=25_000, seed=1, cuda=False,
+                                            final_eval_episodes=20, run_name="learn"))
+    assert summary["final_eval"]["mean"] >= 150, summary["final_eval"]
