@@ -60,7 +60,7 @@ class Args:
     """parallel environments collecting experience"""
     buffer_size: int = 100_000
     """replay buffer capacity in transitions"""
-    learning_rate: float = 2.3e-3
+    learning_rate: float = 1e-3
     """Adam learning rate"""
     anneal_lr: bool = True
     """decay the learning rate linearly to 0 over training (steadies the final greedy policy)"""

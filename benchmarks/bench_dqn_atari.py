@@ -1,0 +1,94 @@
+"""Benchmark of dqn_atari.py: training steps/s (default settings, and --num-envs 8) and the replay buffer's
+real memory footprint. Writes benchmarks/out/dqn_atari_<config>.json and .md.
+
+    flock /tmp/team/cpu.lock python benchmarks/bench_dqn_atari.py --config default
+    flock /tmp/team/cpu.lock python benchmarks/bench_dqn_atari.py --config envs8
+    flock /tmp/team/cpu.lock python benchmarks/bench_dqn_atari.py --config memory
+
+Speed: a run with the default settings, except that learning starts after --learning-starts steps
+(default 80,000 is too long for a benchmark) and the evaluations are cut to one short episode; the
+reported `sps_training` is measured between the first and last loss events, so only steps that
+include gradient updates count (one update per 4 env steps, as in a default run after 80k steps).
+Memory: a 50k buffer filled past wraparound with random acting (no network forward, so it fills
+quickly) and a few updates; the process RSS growth from just before the buffer is allocated to the
+end of training is compared with 50,000 x 7,056 bytes (one 84x84 frame per transition).
+"""
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+ROOT = Path(__file__).resolve().parents[1]
+SHORT_EVAL = ["--eval-episodes", "1", "--final-eval-episodes", "1", "--eval-max-frames", "2000"]
+
+
+def configs(args):
+    speed = ["--total-timesteps", str(args.learning_starts + args.train_steps),
+             "--learning-starts", str(args.learning_starts), *SHORT_EVAL]
+    return {
+        "default": speed,
+        "envs8": [*speed, "--num-envs", "8"],
+        "memory": ["--buffer-size", "50000", "--total-timesteps", "56000", "--learning-starts", "55800",
+                   "--start-e", "1", "--end-e", "1", *SHORT_EVAL],
+    }
+
+
+def run(name, cli, out_dir):
+    cmd = [sys.executable, str(ROOT / "dqn_atari.py"), *cli, "--run-name", f"bench_{name}", "--seed", "1"]
+    shutil.rmtree(out_dir / "runs" / f"bench_{name}", ignore_errors=True)  # old events would mix into the timing
+    load = os.getloadavg()
+    start = time.time()
+    proc = subprocess.run(cmd, cwd=out_dir, capture_output=True, text=True)
+    if proc.returncode != 0:
+        sys.exit(f"{' '.join(cmd)} failed:\n{proc.stderr[-3000:]}")
+    run_dir = out_dir / "runs" / f"bench_{name}"
+    summary = json.loads((run_dir / "summary.json").read_text())
+    acc = EventAccumulator(str(run_dir), size_guidance={"scalars": 0})
+    acc.Reload()
+    losses = acc.Scalars("losses/td_loss") if "losses/td_loss" in acc.Tags()["scalars"] else []
+    result = {
+        "config": name, "command": "python dqn_atari.py " + " ".join(cli), "device": summary["device"],
+        "cpus": os.cpu_count(), "platform": platform.platform(), "loadavg_before": load,
+        "wall_s": time.time() - start, "total_timesteps": summary["total_timesteps"],
+        "sps_overall": summary["sps"], "updates": summary["updates"], "memory": summary["memory"],
+    }
+    if len(losses) >= 2:
+        first, last = losses[0], losses[-1]
+        result["sps_training"] = (last.step - first.step) / (last.wall_time - first.wall_time)
+        result["sps_training_window"] = [first.step, last.step]
+    if name == "memory":
+        m = summary["memory"]
+        expected = 50_000 * 84 * 84
+        result["rss_growth_bytes"] = m["rss_end_bytes"] - m["rss_start_bytes"]
+        result["rss_growth_vs_50k_frames"] = result["rss_growth_bytes"] / expected
+        result["within_30_percent"] = abs(result["rss_growth_vs_50k_frames"] - 1) <= 0.30
+        result["buffer_bytes_per_transition"] = m["buffer_bytes"] / m["buffer_capacity"]
+        result["buffer_bytes_1M"] = result["buffer_bytes_per_transition"] * 1_000_000
+    return result
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config", choices=["default", "envs8", "memory"], required=True)
+    p.add_argument("--learning-starts", type=int, default=1_000)
+    p.add_argument("--train-steps", type=int, default=800, help="env steps after learning starts")
+    p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "out")
+    args = p.parse_args()
+    args.out.mkdir(parents=True, exist_ok=True)
+    result = run(args.config, configs(args)[args.config], args.out.resolve())
+    (args.out / f"dqn_atari_{args.config}.json").write_text(json.dumps(result, indent=2))
+    rows = "\n".join(f"| {k} | {v} |" for k, v in result.items())
+    (args.out / f"dqn_atari_{args.config}.md").write_text(f"| field | value |\n|-|-|\n{rows}\n")
+    print(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()
