@@ -149,15 +149,22 @@ def make_env(env_id: str):
 
 
 # ==== Network ====
+def torso(obs, hidden_sizes):
+    """ReLU layers over the flattened 10x10xC screen. Called inside a compact module, so its layers
+    belong to (and are named in) that module: the policy and the value net each get their own."""
+    x = obs.reshape((*obs.shape[:-3], -1))
+    for width in hidden_sizes:
+        x = nn.relu(nn.Dense(width, kernel_init=nn.initializers.orthogonal(np.sqrt(2)))(x))
+    return x
+
+
 class PolicyNet(nn.Module):
     n_actions: int
     hidden_sizes: tuple
 
     @nn.compact
     def __call__(self, obs):
-        x = obs.reshape((*obs.shape[:-3], -1))
-        for width in self.hidden_sizes:
-            x = nn.relu(nn.Dense(width, kernel_init=nn.initializers.orthogonal(np.sqrt(2)))(x))
+        x = torso(obs, self.hidden_sizes)
         # Small final layer: the initial policy is close to uniform.
         return nn.Dense(self.n_actions, kernel_init=nn.initializers.orthogonal(0.01))(x)
 
@@ -167,9 +174,7 @@ class ValueNet(nn.Module):
 
     @nn.compact
     def __call__(self, obs):
-        x = obs.reshape((*obs.shape[:-3], -1))
-        for width in self.hidden_sizes:
-            x = nn.relu(nn.Dense(width, kernel_init=nn.initializers.orthogonal(np.sqrt(2)))(x))
+        x = torso(obs, self.hidden_sizes)
         return nn.Dense(1, kernel_init=nn.initializers.orthogonal(1.0))(x)[..., 0]
 
 
