@@ -27,6 +27,7 @@ import torch.nn as nn
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 import a2c_atari as A  # noqa: E402
+from run import read_scalars  # noqa: E402  (benchmarks/run.py, beside this file)
 
 
 class UniformPolicy(nn.Module):
@@ -49,12 +50,9 @@ def run(args_list, run_name):
 
 
 def load(run_name):
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
+    """(summary, {tag: [(step, value), ...]}) of a finished run, scalars read by the harness's reader."""
     run_dir = Path("runs") / run_name
-    acc = EventAccumulator(str(run_dir), size_guidance={"scalars": 0})
-    acc.Reload()
-    scalars = {t: [(e.step, e.value) for e in acc.Scalars(t)] for t in acc.Tags()["scalars"]}
+    scalars = {t: [(step, value) for step, _, value in points] for t, points in read_scalars(run_dir).items()}
     return json.loads((run_dir / "summary.json").read_text()), scalars
 
 

@@ -24,7 +24,8 @@ import sys
 import time
 from pathlib import Path
 
-from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from run import read_scalars  # benchmarks/run.py, beside this file
+
 
 ROOT = Path(__file__).resolve().parents[1]
 SHORT_EVAL = ["--eval-episodes", "1", "--final-eval-episodes", "1", "--eval-max-frames", "2000"]
@@ -51,9 +52,7 @@ def run(name, cli, out_dir):
         sys.exit(f"{' '.join(cmd)} failed:\n{proc.stderr[-3000:]}")
     run_dir = out_dir / "runs" / f"bench_{name}"
     summary = json.loads((run_dir / "summary.json").read_text())
-    acc = EventAccumulator(str(run_dir), size_guidance={"scalars": 0})
-    acc.Reload()
-    losses = acc.Scalars("losses/td_loss") if "losses/td_loss" in acc.Tags()["scalars"] else []
+    losses = read_scalars(run_dir).get("losses/td_loss", [])  # [(step, wall_time, value), ...]
     result = {
         "config": name, "command": "python dqn_atari.py " + " ".join(cli), "device": summary["device"],
         "cpus": os.cpu_count(), "platform": platform.platform(), "loadavg_before": load,
@@ -61,9 +60,9 @@ def run(name, cli, out_dir):
         "sps_overall": summary["sps"], "updates": summary["updates"], "memory": summary["memory"],
     }
     if len(losses) >= 2:
-        first, last = losses[0], losses[-1]
-        result["sps_training"] = (last.step - first.step) / (last.wall_time - first.wall_time)
-        result["sps_training_window"] = [first.step, last.step]
+        (first_step, first_time, _), (last_step, last_time, _) = losses[0], losses[-1]
+        result["sps_training"] = (last_step - first_step) / (last_time - first_time)
+        result["sps_training_window"] = [first_step, last_step]
     if name == "memory":
         m = summary["memory"]
         expected = 50_000 * 84 * 84

@@ -40,6 +40,13 @@ def random_batch(key, n=64, n_actions=3):
             "advantages": 2.0 * jax.random.normal(k[4], (n,)) + 1.0,
             "returns": jax.random.normal(k[5], (n,))}
 
+def tiny_problem(seed):
+    """A tiny MLP agent, a random batch from PRNGKey(seed) and parameters from PRNGKey(seed + 1)."""
+    net = tiny_net(mlp)
+    batch = random_batch(jax.random.PRNGKey(seed))
+    return net, batch, net.init(jax.random.PRNGKey(seed + 1), batch["obs"])
+
+
 
 # ---- GAE ----
 def gae_loop(rewards, values, next_values, terminated, dones, gamma, lam):
@@ -130,9 +137,7 @@ def test_rollout_bootstraps_from_final_observation_not_reset():
 
 # ---- Loss ----
 def test_entropy_coefficient_changes_the_gradient():
-    net = tiny_net(mlp)
-    batch = random_batch(jax.random.PRNGKey(1))
-    params = net.init(jax.random.PRNGKey(2), batch["obs"])
+    net, batch, params = tiny_problem(1)
     g0, m0 = jax.grad(mlp.ppo_loss, has_aux=True)(params, net, batch, 0.2, 0.0, 0.5)
     g1, m1 = jax.grad(mlp.ppo_loss, has_aux=True)(params, net, batch, 0.2, 0.1, 0.5)
     diff = jax.tree.map(lambda a, b: float(jnp.abs(a - b).max()), g0, g1)
@@ -144,9 +149,7 @@ def test_entropy_coefficient_changes_the_gradient():
 
 
 def test_advantages_are_normalized_per_minibatch():
-    net = tiny_net(mlp)
-    batch = random_batch(jax.random.PRNGKey(3))
-    params = net.init(jax.random.PRNGKey(4), batch["obs"])
+    net, batch, params = tiny_problem(3)
     # Perturb the policy so that ratios differ from 1 and the clipped objective is non-trivial.
     params = jax.tree.map(lambda p: p + 0.3 * jnp.sign(p), params)
     scaled = {**batch, "advantages": 7.0 * batch["advantages"] + 3.0}
@@ -158,9 +161,7 @@ def test_advantages_are_normalized_per_minibatch():
 
 
 def test_layer_grad_norms_cover_every_layer():
-    net = tiny_net(mlp)
-    batch = random_batch(jax.random.PRNGKey(5))
-    params = net.init(jax.random.PRNGKey(6), batch["obs"])
+    net, batch, params = tiny_problem(5)
     grads, _ = jax.grad(mlp.ppo_loss, has_aux=True)(params, net, batch, 0.2, 0.01, 0.5)
     norms = mlp.layer_grad_norms(grads)
     assert set(norms) == {f"grad_norm/{a}/Dense_{i}" for a in ("actor", "critic") for i in range(2)}
