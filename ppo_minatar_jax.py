@@ -566,8 +566,17 @@ def load_checkpoint(path: str, params_template, opt_state_template):
 
 
 # ==== Training ====
+# jaxlib 0.10's CPU scheduler that runs independent ops concurrently can deadlock: with it, --num-seeds 3
+# with 256-wide MLPs hangs in its first update at 0% CPU, forever, on the 2-core test machine. Off, the
+# results are bit-identical and the MLP about 3% slower.
+CPU_DEADLOCK_FIX = "--xla_cpu_enable_concurrency_optimized_scheduler=false"
+
+
 def select_platform(cuda: bool) -> str:
-    """Must run before JAX creates any array (the backend is fixed then)."""
+    """Must run before JAX creates any array (the backend and XLA's flags are fixed then)."""
+    flags = os.environ.get("XLA_FLAGS", "")
+    if CPU_DEADLOCK_FIX.split("=")[0] not in flags:  # a user's own setting of it wins
+        os.environ["XLA_FLAGS"] = f"{flags} {CPU_DEADLOCK_FIX}".strip()
     if not cuda:
         jax.config.update("jax_platforms", "cpu")
     return jax.default_backend()
@@ -604,9 +613,13 @@ def train(args: Args) -> list:
     # Evaluation episodes are not training episodes: a key stream of their own.
     eval_keys = jnp.stack([jax.random.fold_in(jax.random.PRNGKey(seed), 100_000) for seed, _, _ in runs])
     init, train_chunk = make_train(args, env, env_params, net)
+    # One agent per call, not vmap(init): under vmap, the QR of the orthogonal initializer becomes one
+    # batched LAPACK call that splits its batch over XLA's CPU thread pool while other ops hold the pool's
+    # threads; on 2 cores, --num-seeds 2 of the CNN deadlocked there. Same values either way.
+    init_one = jax.jit(init)
     loaded = None
     if args.eval_checkpoint or args.load_checkpoint:  # read before any run directory exists (bad input)
-        template = jax.tree.map(lambda x: x[0], jax.vmap(init)(keys))
+        template = init_one(keys[0])
         loaded = load_checkpoint(args.eval_checkpoint or args.load_checkpoint, template.params, template.opt_state)
     for _, run_dir, _ in runs:
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -639,7 +652,7 @@ def train(args: Args) -> list:
 
     start = time.time()
     start_step = 0
-    runner = jax.jit(jax.vmap(init))(keys)
+    runner = jax.tree.map(lambda *agents: jnp.stack(agents), *[init_one(key) for key in keys])
     if args.load_checkpoint is not None:
         params, opt_state, start_step = loaded
         runner = runner._replace(params=jax.tree.map(lambda x: x[None], params),

@@ -9,7 +9,10 @@
 before the final evaluation). `learn` trains on Breakout for `--total-timesteps` with the defaults
 (the learning rate anneals to 0 over that budget) and compares the final evaluation (30 whole games,
 raw scores, sampled actions) with a uniformly random policy evaluated the same way (same seeds,
-same protocol). Results go to runs/bench_a2c_atari_<mode>.json and stdout. Run under the CPU lock.
+same protocol). It also bins the run's training games by step and prints them beside a reference A2C
+run's games in the same bins (`[curves.sb3_zoo_a2c_breakout]` in reference_scores.toml: Stable-Baselines3
+Zoo's Breakout run), so that a short check can say whether the run is on the reference's course.
+Results go to runs/bench_a2c_atari_<mode>.json and stdout. Run under the CPU lock.
 """
 
 import argparse
@@ -18,7 +21,9 @@ import os
 import subprocess
 import sys
 import time
+import tomllib
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 import torch
@@ -27,7 +32,7 @@ import torch.nn as nn
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 import a2c_atari as A  # noqa: E402
-from run import read_scalars  # noqa: E402  (benchmarks/run.py, beside this file)
+from run import REFERENCES_FILE, read_scalars  # noqa: E402  (benchmarks/run.py, beside this file)
 
 
 class UniformPolicy(nn.Module):
@@ -76,6 +81,29 @@ def bench_sps(opts):
     return {"mode": "sps", "env_id": opts.env_id, "results": results}
 
 
+def binned_returns(returns, bins) -> list:
+    """[{bin, mean, games}] of (step, score) pairs for each [lo, hi) step bin that holds a game."""
+    rows = []
+    for lo, hi in bins:
+        scores = [v for step, v in returns if lo <= step < hi]
+        if scores:
+            rows.append({"bin": [lo, hi], "mean": round(float(np.mean(scores)), 2), "games": len(scores)})
+    return rows
+
+
+def compare_with_reference(returns, env_id: str) -> Optional[dict]:
+    """This run's training games beside the reference curve's, bin by bin (Breakout only)."""
+    if A.game_name(env_id) != "breakout":
+        return None
+    with open(REFERENCES_FILE, "rb") as f:
+        ref = tomllib.load(f)["curves"]["sb3_zoo_a2c_breakout"]
+    ours = {tuple(r["bin"]): r for r in binned_returns(returns, ref["bins"])}
+    rows = [{"bin": lo_hi, "this_run": ours[tuple(lo_hi)]["mean"], "this_run_games": ours[tuple(lo_hi)]["games"],
+             "reference": mean, "reference_games": games}
+            for lo_hi, mean, games in zip(ref["bins"], ref["mean_score"], ref["games"]) if tuple(lo_hi) in ours]
+    return {"reference": ref["name"], "source": ref["source"], "rows": rows}
+
+
 def bench_learn(opts):
     name = f"bench_a2c_learn_{opts.total_timesteps}_{int(time.time())}"
     load_before = uptime()
@@ -90,12 +118,14 @@ def bench_learn(opts):
     # Same protocol and seeds as the script's final evaluation (eval seed = seed + 100,000).
     random_returns, _ = A.evaluate(UniformPolicy(n_actions), game, opts.episodes, opts.seed + 100_000,
                                    torch.device("cpu"), 18_000)
-    train_returns = [v for _, v in scalars.get("charts/episodic_return", [])]
+    train_games = scalars.get("charts/episodic_return", [])
+    train_returns = [v for _, v in train_games]
     return {
         "mode": "learn", "env_id": opts.env_id, "seed": opts.seed, "total_timesteps": summary["total_timesteps"],
         "wall_s": wall, "sps": summary["sps"], "final_eval": summary["final_eval"],
         "eval_history": summary["eval_history"], "random_policy": A.eval_stats(random_returns),
         "last_100_training_games_mean": float(np.mean(train_returns[-100:])) if train_returns else None,
+        "training_games_vs_reference": compare_with_reference(train_games, opts.env_id),
         "loadavg_before": load_before, "loadavg_after": uptime(), "run_dir": f"runs/{name}",
     }
 

@@ -111,6 +111,25 @@ def test_reference_scores_are_the_published_numbers_with_source_and_protocol():
     assert bench.find_normalizer(refs, "SpaceInvaders-MinAtar") is None
 
 
+
+def test_reference_curve_and_binned_comparison(monkeypatch):
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))  # the bench scripts import run.py beside them
+    spec = importlib.util.spec_from_file_location("bench_a2c_atari", ROOT / "benchmarks" / "bench_a2c_atari.py")
+    bench_a2c = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench_a2c)
+    curve = bench.load_references()["curves"]["sb3_zoo_a2c_breakout"]
+    assert curve["source"].strip() and curve["protocol"].strip()
+    assert len(curve["bins"]) == len(curve["mean_score"]) == len(curve["games"])
+    assert all(lo < hi for lo, hi in curve["bins"])
+    assert all(a[1] == b[0] for a, b in zip(curve["bins"], curve["bins"][1:]))  # contiguous, no overlap
+    # Bins are [lo, hi): a game at 250k belongs to the second bin; bins without games are left out.
+    games = [(10, 1.0), (249_999, 3.0), (250_000, 5.0), (600_000, 2.0), (700_000, 4.0)]
+    rows = bench_a2c.compare_with_reference(games, "BreakoutNoFrameskip-v4")["rows"]
+    assert [(r["bin"], r["this_run"], r["this_run_games"]) for r in rows] == [
+        ([0, 250_000], 2.0, 2), ([250_000, 500_000], 5.0, 1), ([500_000, 1_000_000], 3.0, 2)]
+    assert [r["reference"] for r in rows] == curve["mean_score"][:3]
+    assert bench_a2c.compare_with_reference(games, "PongNoFrameskip-v4") is None  # Breakout's curve only
+
 # ---- report from fixture summaries ----
 def test_report_from_fixture_summaries(tmp_path):
     summaries = json.loads((FIXTURES / "summaries.json").read_text())["summaries"]

@@ -326,6 +326,21 @@ def test_cnn_cli_run_contract_and_video(workdir):
     assert list((workdir / "runs" / "cnn" / "videos").glob("*.mp4"))
 
 
+def test_cnn_num_seeds_finishes_and_matches_single_seed_run(workdir):
+    """Under vmap, the orthogonal initializer's QR was one batched LAPACK call that deadlocked XLA's CPU
+    thread pool on 2 cores (jaxlib 0.10): `--num-seeds 2` of the CNN never finished. Seed 2 of the
+    batch must also compute what seed 2 alone computes. Batched and single convolutions round
+    differently (1e-7 relative at the first update, 1e-4 after 6), so the curves are compared to 1e-3
+    and the final evaluation, whose sampled actions can flip on such a difference, is not."""
+    for extra in (["--num-seeds", "2", "--run-name", "k2"], ["--seed", "2", "--run-name", "s2"]):
+        proc = run_script("ppo_minatar_cnn_jax.py", *TINY_CLI, *extra, cwd=workdir, timeout=300)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+    a, b = series(workdir / "runs" / "k2__2"), series(workdir / "runs" / "s2")
+    for tag in a:
+        np.testing.assert_allclose(a[tag], b[tag], rtol=1e-3, err_msg=tag)
+    # Not seed 1's run: the batch's second agent really has seed 2.
+    assert not np.allclose(series(workdir / "runs" / "k2__1")["losses/value_loss"], a["losses/value_loss"])
+
 @pytest.mark.parametrize("script,args,mentions", [
     ("ppo_minatar_jax.py", ["--env-id", "Pong-MinAtar"], ["Pong-MinAtar", "Breakout-MinAtar"]),
     ("ppo_minatar_jax.py", ["--num-envs", "10", "--num-steps", "3", "--num-minibatches", "4"], "--num-minibatches"),
