@@ -138,6 +138,35 @@ def test_sample_is_uniform_over_valid_slots_and_seeded(filled_buffer):
     assert len({o.numpy().tobytes() for o in b1[0][:512]}) > 200  # spread over the buffer
 
 
+def test_sample_and_update_never_read_the_device(filled_buffer, monkeypatch):
+    """With the buffer on a GPU, sampling and the update must not wait on the host: any read of a tensor's
+    value into Python (item, bool, numpy, ...) or a boolean-mask index (its size depends on the data)
+    is a device sync. Here every such read raises, so one slipping into the hot path fails the test."""
+    rb, _, _ = filled_buffer
+    q_network, target_network = d.QNetwork(4), d.QNetwork(4)
+    optimizer = torch.optim.Adam(q_network.parameters(), lr=1e-4, fused=True)  # as the script builds it
+    generator = torch.Generator().manual_seed(0)
+
+    def forbid(name):
+        def read(*args, **kwargs):
+            raise AssertionError(f"host read in the hot path: Tensor.{name}")
+        return read
+
+    for name in ("item", "tolist", "numpy", "cpu", "nonzero", "__bool__", "__float__", "__int__"):
+        monkeypatch.setattr(torch.Tensor, name, forbid(name))
+    getitem = torch.Tensor.__getitem__
+
+    def no_mask_getitem(self, index):
+        parts = index if isinstance(index, tuple) else (index,)
+        assert not any(isinstance(p, torch.Tensor) and p.dtype == torch.bool for p in parts), "boolean-mask index"
+        return getitem(self, index)
+
+    monkeypatch.setattr(torch.Tensor, "__getitem__", no_mask_getitem)
+    for double_q in (False, True):
+        loss, q_mean = d.dqn_update(q_network, target_network, optimizer, rb.sample(32, generator), 0.99, double_q)
+    monkeypatch.undo()
+    assert np.isfinite(loss.item()) and np.isfinite(q_mean.item())
+
 def test_no_transition_across_autoreset():
     # The step after a finished game returns the reset obs with reward 0 and no flags: not a transition.
     term, trunc = np.array([True, False, False]), np.array([False, True, False])
