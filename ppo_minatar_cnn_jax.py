@@ -648,10 +648,10 @@ def train(args: Args) -> list:
     # batched LAPACK call that splits its batch over XLA's CPU thread pool while other ops hold the pool's
     # threads; on 2 cores, --num-seeds 2 of the CNN deadlocked there. Same values either way.
     init_one = jax.jit(init)
+    agents = [init_one(key) for key in keys]
     loaded = None
     if args.eval_checkpoint or args.load_checkpoint:  # read before any run directory exists (bad input)
-        template = init_one(keys[0])
-        loaded = load_checkpoint(args.eval_checkpoint or args.load_checkpoint, template.params, template.opt_state)
+        loaded = load_checkpoint(args.eval_checkpoint or args.load_checkpoint, agents[0].params, agents[0].opt_state)
     for _, run_dir, _ in runs:
         run_dir.mkdir(parents=True, exist_ok=True)
     versions_ = {**versions(jax, flax, optax, np), "gymnax": importlib.metadata.version("gymnax")}
@@ -683,7 +683,7 @@ def train(args: Args) -> list:
 
     start = time.time()
     start_step = 0
-    runner = jax.tree.map(lambda *agents: jnp.stack(agents), *[init_one(key) for key in keys])
+    runner = jax.tree.map(lambda *leaves: jnp.stack(leaves), *agents)
     if args.load_checkpoint is not None:
         params, opt_state, start_step = loaded
         runner = runner._replace(params=jax.tree.map(lambda x: x[None], params),

@@ -21,7 +21,6 @@ import os
 import subprocess
 import sys
 import time
-import tomllib
 from pathlib import Path
 from typing import Optional
 
@@ -32,7 +31,7 @@ import torch.nn as nn
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 import a2c_atari as A  # noqa: E402
-from run import REFERENCES_FILE, read_scalars  # noqa: E402  (benchmarks/run.py, beside this file)
+from run import load_references, read_scalars  # noqa: E402  (benchmarks/run.py, beside this file)
 
 
 class UniformPolicy(nn.Module):
@@ -81,26 +80,18 @@ def bench_sps(opts):
     return {"mode": "sps", "env_id": opts.env_id, "results": results}
 
 
-def binned_returns(returns, bins) -> list:
-    """[{bin, mean, games}] of (step, score) pairs for each [lo, hi) step bin that holds a game."""
-    rows = []
-    for lo, hi in bins:
-        scores = [v for step, v in returns if lo <= step < hi]
-        if scores:
-            rows.append({"bin": [lo, hi], "mean": round(float(np.mean(scores)), 2), "games": len(scores)})
-    return rows
-
-
 def compare_with_reference(returns, env_id: str) -> Optional[dict]:
-    """This run's training games beside the reference curve's, bin by bin (Breakout only)."""
+    """This run's training games ((step, score) pairs) beside the reference curve's, for each [lo, hi) step
+    bin that holds one of this run's games (Breakout only)."""
     if A.game_name(env_id) != "breakout":
         return None
-    with open(REFERENCES_FILE, "rb") as f:
-        ref = tomllib.load(f)["curves"]["sb3_zoo_a2c_breakout"]
-    ours = {tuple(r["bin"]): r for r in binned_returns(returns, ref["bins"])}
-    rows = [{"bin": lo_hi, "this_run": ours[tuple(lo_hi)]["mean"], "this_run_games": ours[tuple(lo_hi)]["games"],
-             "reference": mean, "reference_games": games}
-            for lo_hi, mean, games in zip(ref["bins"], ref["mean_score"], ref["games"]) if tuple(lo_hi) in ours]
+    ref = load_references()["curves"]["sb3_zoo_a2c_breakout"]
+    rows = []
+    for (lo, hi), ref_mean, ref_games in zip(ref["bins"], ref["mean_score"], ref["games"]):
+        scores = [v for step, v in returns if lo <= step < hi]
+        if scores:
+            rows.append({"bin": [lo, hi], "this_run": round(float(np.mean(scores)), 2), "this_run_games": len(scores),
+                         "reference": ref_mean, "reference_games": ref_games})
     return {"reference": ref["name"], "source": ref["source"], "rows": rows}
 
 

@@ -111,7 +111,6 @@ def test_reference_scores_are_the_published_numbers_with_source_and_protocol():
     assert bench.find_normalizer(refs, "SpaceInvaders-MinAtar") is None
 
 
-
 def test_reference_curve_and_binned_comparison(monkeypatch):
     monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))  # the bench scripts import run.py beside them
     spec = importlib.util.spec_from_file_location("bench_a2c_atari", ROOT / "benchmarks" / "bench_a2c_atari.py")
@@ -129,6 +128,7 @@ def test_reference_curve_and_binned_comparison(monkeypatch):
         ([0, 250_000], 2.0, 2), ([250_000, 500_000], 5.0, 1), ([500_000, 1_000_000], 3.0, 2)]
     assert [r["reference"] for r in rows] == curve["mean_score"][:3]
     assert bench_a2c.compare_with_reference(games, "PongNoFrameskip-v4") is None  # Breakout's curve only
+
 
 # ---- report from fixture summaries ----
 def test_report_from_fixture_summaries(tmp_path):

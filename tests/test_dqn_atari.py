@@ -167,6 +167,7 @@ def test_sample_and_update_never_read_the_device(filled_buffer, monkeypatch):
     monkeypatch.undo()
     assert np.isfinite(loss.item()) and np.isfinite(q_mean.item())
 
+
 def test_no_transition_across_autoreset():
     # The step after a finished game returns the reset obs with reward 0 and no flags: not a transition.
     term, trunc = np.array([True, False, False]), np.array([False, True, False])

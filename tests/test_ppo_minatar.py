@@ -341,6 +341,7 @@ def test_cnn_num_seeds_finishes_and_matches_single_seed_run(workdir):
     # Not seed 1's run: the batch's second agent really has seed 2.
     assert not np.allclose(series(workdir / "runs" / "k2__1")["losses/value_loss"], a["losses/value_loss"])
 
+
 @pytest.mark.parametrize("script,args,mentions", [
     ("ppo_minatar_jax.py", ["--env-id", "Pong-MinAtar"], ["Pong-MinAtar", "Breakout-MinAtar"]),
     ("ppo_minatar_jax.py", ["--num-envs", "10", "--num-steps", "3", "--num-minibatches", "4"], "--num-minibatches"),
