@@ -577,7 +577,7 @@ class ScalarWriter:
 
 
 def save_checkpoint(path: Path, params, opt_state, global_step: int, args: Args) -> None:
-    state = {"params": flax.serialization.to_state_dict(params),
+    state = {"script": SCRIPT, "params": flax.serialization.to_state_dict(params),
              "opt_state": flax.serialization.to_state_dict(opt_state),
              "global_step": global_step, "args": json.dumps(dataclasses.asdict(args))}
     path.write_bytes(flax.serialization.msgpack_serialize(jax.device_get(state)))
