@@ -488,6 +488,18 @@ def check_memory(nbytes: int, device: torch.device, flag: str) -> None:
              f"{device.type} memory is free; lower {flag}")
 
 
+def load_checkpoint(path: str, device: torch.device) -> dict:
+    """The checkpoint written by this script's --save-model, or a one-line error (exit 2) for any other file."""
+    try:  # weights_only: a checkpoint is data; unpickling arbitrary objects would run code from the file
+        checkpoint = torch.load(path, map_location=device, weights_only=True)
+    except Exception as e:  # garbage, empty, truncated or foreign files: EOFError, RuntimeError, UnpicklingError, ...
+        fail(f"--eval-checkpoint {path} is not a torch checkpoint ({type(e).__name__}); "
+             "pass a file written by --save-model")
+    if not isinstance(checkpoint, dict) or checkpoint.get("script") != SCRIPT:
+        fail(f"--eval-checkpoint {path} was not written by {SCRIPT}; pass a file written by its --save-model")
+    return checkpoint
+
+
 class Progress:
     """A line every `every_s` seconds: steps, steps/s, recent return, time left."""
 
@@ -535,20 +547,24 @@ def train(args: Args) -> dict:
     probe = AtariVectorEnv(game, 1)
     n_actions = probe.single_action_space.n
     probe.close()
+    seed_everything(args.seed, args.torch_deterministic)
+    torch.set_num_threads(args.torch_threads)
+    agent = ActorCritic(n_actions).to(device)
+    if args.eval_checkpoint is not None:  # read before any run directory exists (bad input)
+        checkpoint = load_checkpoint(args.eval_checkpoint, device)
+        try:
+            agent.load_state_dict(checkpoint["agent"])
+        except RuntimeError:  # another game's action count: the policy head's size differs
+            fail(f"--eval-checkpoint {args.eval_checkpoint} does not fit the network of --env-id {args.env_id}; "
+                 f"pass the --env-id it was trained on ({checkpoint['args']['env_id']})")
     run_name = args.run_name or f"{args.env_id.replace('/', '-')}__{Path(SCRIPT).stem}__{args.seed}__{int(time.time())}"
     run_dir = Path("runs") / run_name
     run_dir.mkdir(parents=True, exist_ok=True)
     video_dir = str(run_dir / "videos") if args.capture_video else None
-    seed_everything(args.seed, args.torch_deterministic)
-    torch.set_num_threads(args.torch_threads)
     versions_ = versions(torch, gym, np, ale_py)
-
-    agent = ActorCritic(n_actions).to(device)
     eval_seed = args.seed + 100_000  # evaluation episodes are not the training episodes
 
     if args.eval_checkpoint is not None:
-        checkpoint = torch.load(args.eval_checkpoint, map_location=device)
-        agent.load_state_dict(checkpoint["agent"])
         start = time.time()
         returns, _ = evaluate(agent, game, args.final_eval_episodes, eval_seed, device, args.eval_max_frames,
                               video_dir)
@@ -607,15 +623,13 @@ def train(args: Args) -> dict:
         progress.update(global_step, recent, f" | eval {eval_history[-1]['mean']:.1f}" if eval_history else "")
     envs.close()
     train_time = time.time() - start
-    writer.add_scalar("charts/learning_rate", linear_schedule(args.learning_rate, 0.0, num_updates, num_updates)
-                      if args.anneal_lr else args.learning_rate, global_step)
 
     final_returns, _ = evaluate(agent, game, args.final_eval_episodes, eval_seed, device, args.eval_max_frames,
                                 video_dir)
     writer.add_scalar("eval/final_episodic_return", np.mean(final_returns), global_step)
     if args.save_model:
-        torch.save({"agent": agent.state_dict(), "optimizer": optimizer.state_dict(), "global_step": global_step,
-                    "updates": num_updates, "args": dataclasses.asdict(args)},
+        torch.save({"script": SCRIPT, "agent": agent.state_dict(), "optimizer": optimizer.state_dict(),
+                    "global_step": global_step, "updates": num_updates, "args": dataclasses.asdict(args)},
                    run_dir / f"{Path(SCRIPT).stem}.pt")
     wall_time = time.time() - start
     summary = write_summary(run_dir, args, args.env_id, global_step, wall_time, global_step / train_time,

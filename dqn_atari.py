@@ -352,6 +352,17 @@ def dqn_update(q_network, target_network, optimizer, batch, gamma: float, double
     return loss.detach(), q_taken.detach().mean()
 
 
+def grad_norms(q_network: nn.Module) -> dict:
+    """L2 norm of the last update's gradient of each layer with weights (read at logging time only:
+    reading it in dqn_update would make every GPU update wait for the host)."""
+    norms = {}
+    for name, module in q_network.named_modules():
+        if isinstance(module, (nn.Conv2d, nn.Linear)) and module.weight.grad is not None:
+            grads = [p.grad.flatten() for p in module.parameters() if p.grad is not None]
+            norms[name] = float(torch.cat(grads).norm())
+    return norms
+
+
 def select_actions(q_network, obs, epsilon: float, rng: np.random.Generator, n_actions: int, device):
     """Epsilon-greedy: each env explores independently with probability epsilon."""
     explore = rng.random(len(obs)) < epsilon
@@ -438,6 +449,18 @@ def check_memory(nbytes: int, device: torch.device, flag: str) -> None:
              f"{device.type} memory is free; lower {flag}")
 
 
+def load_checkpoint(path: str, device: torch.device) -> dict:
+    """The checkpoint written by this script's --save-model, or a one-line error (exit 2) for any other file."""
+    try:  # weights_only: a checkpoint is data; unpickling arbitrary objects would run code from the file
+        checkpoint = torch.load(path, map_location=device, weights_only=True)
+    except Exception as e:  # garbage, empty, truncated or foreign files: EOFError, RuntimeError, UnpicklingError, ...
+        fail(f"--eval-checkpoint {path} is not a torch checkpoint ({type(e).__name__}); "
+             "pass a file written by --save-model")
+    if not isinstance(checkpoint, dict) or checkpoint.get("script") != SCRIPT:
+        fail(f"--eval-checkpoint {path} was not written by {SCRIPT}; pass a file written by its --save-model")
+    return checkpoint
+
+
 class Progress:
     """A line every `every_s` seconds: steps, steps/s, recent return, time left."""
 
@@ -491,21 +514,26 @@ def train(args: Args) -> dict:
     probe = AtariVectorEnv(game, 1)
     n_actions = probe.single_action_space.n
     probe.close()
-    check_memory(ReplayBuffer.nbytes_for(args.buffer_size, args.num_envs), device, "--buffer-size")
+    seed_everything(args.seed, args.torch_deterministic)
+    q_network = QNetwork(n_actions).to(device)
+    if args.eval_checkpoint is not None:  # read before any run directory exists (bad input)
+        checkpoint = load_checkpoint(args.eval_checkpoint, device)
+        try:
+            q_network.load_state_dict(checkpoint["q_network"])
+        except RuntimeError:  # another game's action count: the output layer's size differs
+            fail(f"--eval-checkpoint {args.eval_checkpoint} does not fit the network of --env-id {args.env_id}; "
+                 f"pass the --env-id it was trained on ({checkpoint['args']['env_id']})")
+    else:  # evaluation builds no replay buffer
+        check_memory(ReplayBuffer.nbytes_for(args.buffer_size, args.num_envs), device, "--buffer-size")
     run_name = args.run_name or f"{args.env_id.replace('/', '-')}__{Path(SCRIPT).stem}__{args.seed}__{int(time.time())}"
     run_dir = Path("runs") / run_name
     run_dir.mkdir(parents=True, exist_ok=True)
     video_dir = str(run_dir / "videos") if args.capture_video else None
-    seed_everything(args.seed, args.torch_deterministic)
     versions_ = versions(torch, gym, np, ale_py)
-
-    q_network = QNetwork(n_actions).to(device)
     eval_seed = args.seed + 100_000  # evaluation episodes are not the training episodes
     evaluate_ = dict(epsilon=args.eval_epsilon, max_frames=args.eval_max_frames)
 
     if args.eval_checkpoint is not None:
-        checkpoint = torch.load(args.eval_checkpoint, map_location=device)
-        q_network.load_state_dict(checkpoint["q_network"])
         start = time.time()
         returns, _ = evaluate(q_network, game, args.final_eval_episodes, eval_seed, device,
                               video_dir=video_dir, **evaluate_)
@@ -579,6 +607,11 @@ def train(args: Args) -> dict:
             if updates and global_step % 100 < args.num_envs:
                 writer.add_scalar("losses/td_loss", loss.item(), global_step)
                 writer.add_scalar("losses/q_values", q_mean.item(), global_step)
+                # Gradients of the last update: dqn_update clears them only at the start of the next one.
+                writer.add_scalar("losses/grad_norm", nn.utils.get_total_norm(
+                    [p.grad for p in q_network.parameters()]).item(), global_step)
+                for name, norm in grad_norms(q_network).items():
+                    writer.add_scalar(f"grad_norms/{name}", norm, global_step)
                 writer.add_scalar("charts/learning_rate", lr, global_step)
                 writer.add_scalar("charts/epsilon", epsilon, global_step)
                 writer.add_scalar("charts/SPS", global_step / (time.time() - start), global_step)
@@ -604,9 +637,9 @@ def train(args: Args) -> dict:
                                 video_dir=video_dir, **evaluate_)
     writer.add_scalar("eval/final_episodic_return", np.mean(final_returns), global_step)
     if args.save_model:
-        torch.save({"q_network": q_network.state_dict(), "target_network": target_network.state_dict(),
-                    "optimizer": optimizer.state_dict(), "global_step": global_step,
-                    "updates": updates, "args": dataclasses.asdict(args)},
+        torch.save({"script": SCRIPT, "q_network": q_network.state_dict(),
+                    "target_network": target_network.state_dict(), "optimizer": optimizer.state_dict(),
+                    "global_step": global_step, "updates": updates, "args": dataclasses.asdict(args)},
                    run_dir / f"{Path(SCRIPT).stem}.pt")
     wall_time = time.time() - start
     summary = write_summary(run_dir, args, args.env_id, global_step, wall_time, global_step / train_time,

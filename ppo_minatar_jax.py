@@ -2,7 +2,7 @@
 
     python ppo_minatar_jax.py                                  # Breakout-MinAtar, 1e7 steps, defaults
     python ppo_minatar_jax.py --env-id Asterix-MinAtar --num-seeds 3   # three agents in one program
-    python ppo_minatar_jax.py --save-model                     # keep parameters + optimizer state
+    python ppo_minatar_jax.py --save-model                     # keep the whole training state (resumable)
     python ppo_minatar_jax.py --eval-checkpoint runs/<run>/ppo_minatar_jax.msgpack   # evaluate only
     python ppo_minatar_jax.py --help                           # every option
 
@@ -60,11 +60,11 @@ class Args:
     capture_video: bool = False
     """record one greedy evaluation episode to runs/<run-name>/videos/ at the end (mp4)"""
     save_model: bool = False
-    """save parameters and optimizer state to runs/<run-name>/ppo_minatar_jax.msgpack"""
+    """save the whole training state (parameters, optimizer and environment states, PRNG key) at the end to runs/<run-name>/ppo_minatar_jax.msgpack"""
     eval_checkpoint: Optional[str] = None
     """path of a checkpoint written by --save-model: evaluate it, write a summary, do not train"""
     load_checkpoint: Optional[str] = None
-    """path of a checkpoint written by --save-model: continue training from its parameters and optimizer state"""
+    """path of a checkpoint written by --save-model: resume that run's whole training state (parameters, optimizer and environment states, PRNG key, episode counters, update count) and train until --total-timesteps in all, the learning-rate schedule continuing from the saved update; pass that run's other flags"""
     num_seeds: int = 1
     """independent agents trained in one program (vmapped), each with its own run directory and summary"""
 
@@ -323,9 +323,16 @@ def layer_grad_norms(grads) -> dict:
 
 
 def make_optimizer(args: Args):
-    # Learning rate applied outside the transform (see update step), so a continued run's schedule
-    # restarts from --learning-rate while Adam's moments carry on.
+    # Learning rate applied outside the transform (see update step), driven by RunnerState.update: a
+    # resumed run's schedule continues from the saved update over the new --total-timesteps.
     return optax.chain(optax.clip_by_global_norm(args.max_grad_norm), optax.scale_by_adam(eps=1e-5))
+
+
+def epoch_minibatches(key, batch_size: int, epochs: int, num_minibatches: int):
+    """Indices [epochs, num_minibatches, batch_size // num_minibatches]: each epoch a fresh shuffle of the
+    batch, cut into minibatches (classic bug: one permutation reused for every epoch)."""
+    perms = [jax.random.permutation(k, batch_size) for k in jax.random.split(key, epochs)]
+    return jnp.stack(perms).reshape(epochs, num_minibatches, -1)
 
 
 def make_train(args: Args, env, env_params, net: ActorCritic):
@@ -335,17 +342,14 @@ def make_train(args: Args, env, env_params, net: ActorCritic):
     update = rollout, GAE, `update_epochs` passes of `num_minibatches` shuffled minibatches.
     """
     batch_size = args.num_envs * args.num_steps
-    minibatch_size = batch_size // args.num_minibatches
     num_updates = -(-args.total_timesteps // batch_size)  # whole rollouts, at least total-timesteps
     tx = make_optimizer(args)
 
-    def init(key, params=None, opt_state=None):
+    def init(key):
         key, k_net, k_env = jax.random.split(key, 3)
         obs, env_state = jax.vmap(env.reset, in_axes=(0, None))(jax.random.split(k_env, args.num_envs), env_params)
-        if params is None:
-            params = net.init(k_net, obs)
-        if opt_state is None:
-            opt_state = tx.init(params)
+        params = net.init(k_net, obs)
+        opt_state = tx.init(params)
         zeros = jnp.zeros(args.num_envs)
         return RunnerState(params, opt_state, env_state, obs, key, zeros, zeros.astype(jnp.int32),
                            jnp.zeros((), jnp.int32))
@@ -370,15 +374,13 @@ def make_train(args: Args, env, env_params, net: ActorCritic):
         lr = (linear_schedule(args.learning_rate, 0.0, num_updates, runner.update)
               if args.anneal_lr else jnp.asarray(args.learning_rate))
 
-        def epoch(carry, key):
-            perm = jax.random.permutation(key, batch_size)
-            shuffled = jax.tree.map(
-                lambda x: x[perm].reshape((args.num_minibatches, minibatch_size, *x.shape[1:])), data)
-            return jax.lax.scan(minibatch_step, carry, shuffled)
+        def epoch(carry, indices):
+            return jax.lax.scan(minibatch_step, carry, jax.tree.map(lambda x: x[indices], data))
 
         key, k_epochs = jax.random.split(key)
         (params, opt_state, _), metrics = jax.lax.scan(
-            epoch, (runner.params, runner.opt_state, lr), jax.random.split(k_epochs, args.update_epochs))
+            epoch, (runner.params, runner.opt_state, lr),
+            epoch_minibatches(k_epochs, batch_size, args.update_epochs, args.num_minibatches))
         metrics = jax.tree.map(jnp.mean, metrics)
         var_y = jnp.var(returns)
         metrics["explained_variance"] = jnp.where(var_y > 0, 1 - jnp.var(returns - traj.value) / var_y, 0.0)
@@ -489,8 +491,8 @@ def check_memory(nbytes: int, flag: str) -> None:
 class Progress:
     """A line every `every_s` seconds: steps, steps/s, recent return, time left."""
 
-    def __init__(self, total: int, every_s: float = 5.0):
-        self.total, self.every_s = total, every_s
+    def __init__(self, total: int, first: int = 0, every_s: float = 5.0):
+        self.total, self.first, self.every_s = total, first, every_s  # first: the step this run starts at
         self.start = self.last = time.time()
 
     def update(self, step: int, recent_return: Optional[float], extra: str = "") -> None:
@@ -498,7 +500,7 @@ class Progress:
         if now - self.last < self.every_s and step < self.total:
             return
         self.last = now
-        sps = step / max(now - self.start, 1e-9)
+        sps = (step - self.first) / max(now - self.start, 1e-9)
         left = (self.total - step) / max(sps, 1e-9)
         ret = "n/a" if recent_return is None else f"{recent_return:.1f}"
         print(f"[{SCRIPT}] step {step:,}/{self.total:,} ({100 * step / self.total:.0f}%) | "
@@ -545,24 +547,34 @@ class ScalarWriter:
         self._writer.close()
 
 
-def save_checkpoint(path: Path, params, opt_state, global_step: int, args: Args) -> None:
-    state = {"script": SCRIPT, "params": flax.serialization.to_state_dict(params),
-             "opt_state": flax.serialization.to_state_dict(opt_state),
+def save_checkpoint(path: Path, runner: RunnerState, global_step: int, args: Args) -> None:
+    """One agent's whole training state: --load-checkpoint resumes exactly where this run stopped."""
+    state = {"script": SCRIPT, "runner": flax.serialization.to_state_dict(runner),
              "global_step": global_step, "args": json.dumps(dataclasses.asdict(args))}
     path.write_bytes(flax.serialization.msgpack_serialize(jax.device_get(state)))
 
 
-def load_checkpoint(path: str, params_template, opt_state_template):
-    """(params, opt_state, global_step) restored into the structure of freshly built templates."""
-    state = flax.serialization.msgpack_restore(Path(path).read_bytes())
+def load_checkpoint(path: str, template: RunnerState, whole: bool = True):
+    """(RunnerState, global_step) of a checkpoint of this script, in the structure of a freshly built
+    template: all of it, or with whole=False only its parameters (the rest is the template's).
+    Any other file is bad input: garbage, another script's checkpoint, other layer sizes or games."""
     try:
-        params = flax.serialization.from_state_dict(params_template, state["params"])
-        opt_state = flax.serialization.from_state_dict(opt_state_template, state["opt_state"])
-    except (ValueError, KeyError) as e:
-        fail(f"checkpoint {path} does not fit this network ({e}); pass the same --env-id and network flags")
-    if jax.tree.map(jnp.shape, params) != jax.tree.map(jnp.shape, params_template):
-        fail(f"checkpoint {path} has other layer sizes; pass the same --env-id and network flags")
-    return params, opt_state, int(state["global_step"])
+        state = flax.serialization.msgpack_restore(Path(path).read_bytes())
+        script, saved, global_step = state["script"], state["runner"], int(state["global_step"])
+        if not whole:
+            saved = {**flax.serialization.to_state_dict(template), "params": saved["params"]}
+    except Exception:  # msgpack makes errors, ints or foreign dicts out of foreign bytes
+        fail(f"{path} is not a checkpoint of {SCRIPT}; pass a file written by its --save-model")
+    if script != SCRIPT:
+        fail(f"{path} is a checkpoint of {script!r}, not of {SCRIPT}; pass one written by {SCRIPT} --save-model")
+    # from_state_dict checks names, not shapes (classic bug: other layer sizes load without a word).
+    if jax.tree.map(np.shape, saved) != jax.tree.map(np.shape, flax.serialization.to_state_dict(template)):
+        fail(f"checkpoint {path} was written with other settings; pass the --env-id and network flags"
+             f"{' and --num-envs' if whole else ''} of the run that wrote it")
+    # Into copies of the template's arrays, whose exact types (gymnax leaves some weak) make the resumed
+    # run compile to the program that the saved run ran.
+    restored = flax.serialization.from_state_dict(template, saved)
+    return jax.tree.map(lambda t, x: t.at[...].set(x), template, restored), global_step
 
 
 # ==== Training ====
@@ -618,9 +630,20 @@ def train(args: Args) -> list:
     # threads; on 2 cores, --num-seeds 2 of the CNN deadlocked there. Same values either way.
     init_one = jax.jit(init)
     agents = [init_one(key) for key in keys]
-    loaded = None
+    num_updates = -(-args.total_timesteps // batch)
+    start_update = 0
     if args.eval_checkpoint or args.load_checkpoint:  # read before any run directory exists (bad input)
-        loaded = load_checkpoint(args.eval_checkpoint or args.load_checkpoint, agents[0].params, agents[0].opt_state)
+        loaded, ckpt_step = load_checkpoint(args.eval_checkpoint or args.load_checkpoint, agents[0],
+                                            whole=args.eval_checkpoint is None)
+    if args.load_checkpoint and args.eval_checkpoint is None:
+        start_update = int(loaded.update)
+        if start_update * batch != ckpt_step:
+            fail(f"checkpoint {args.load_checkpoint} took {ckpt_step} steps in {start_update} updates, not "
+                 f"{batch} per update; pass the --num-envs and --num-steps of the run that wrote it")
+        if start_update >= num_updates:
+            fail(f"checkpoint {args.load_checkpoint} has trained {ckpt_step} steps already; --total-timesteps "
+                 "counts them: raise it above that")
+    start_step = start_update * batch
     for _, run_dir, _ in runs:
         run_dir.mkdir(parents=True, exist_ok=True)
     versions_ = {**versions(jax, flax, optax, np), "gymnax": importlib.metadata.version("gymnax")}
@@ -631,7 +654,7 @@ def train(args: Args) -> list:
         static_argnums=2)
 
     if args.eval_checkpoint is not None:
-        params, _, global_step = loaded
+        params, global_step = loaded.params, ckpt_step
         start = time.time()
         params_k = jax.tree.map(lambda x: x[None], params)
         sampled = np.asarray(eval_fn(params_k, eval_keys, args.final_eval_episodes, False))[0]
@@ -651,12 +674,9 @@ def train(args: Args) -> list:
     writers = [ScalarWriter(str(run_dir)) for _, run_dir, _ in runs]
 
     start = time.time()
-    start_step = 0
     runner = jax.tree.map(lambda *leaves: jnp.stack(leaves), *agents)
     if args.load_checkpoint is not None:
-        params, opt_state, start_step = loaded
-        runner = runner._replace(params=jax.tree.map(lambda x: x[None], params),
-                                 opt_state=jax.tree.map(lambda x: x[None], opt_state))
+        runner = jax.tree.map(lambda x: x[None], loaded)
     n_params = {"actor": param_count(jax.tree.map(lambda x: x[0], runner.params["actor"])),
                 "critic": param_count(jax.tree.map(lambda x: x[0], runner.params["critic"]))}
     print(f"[{SCRIPT}] {args.env_id} on {device}: {args.num_seeds} agent(s), policy {n_params['actor']:,} "
@@ -667,12 +687,11 @@ def train(args: Args) -> list:
     # Donated: the old runner's buffers are reused in place instead of copied each chunk.
     chunk_fn = jax.jit(jax.vmap(train_chunk, in_axes=(0, None)), donate_argnums=0)
 
-    num_updates = -(-args.total_timesteps // batch)
     updates_per_log = max(1, args.log_frequency // batch)
     updates_per_eval = max(1, args.eval_frequency // batch)
-    progress = Progress(num_updates * batch)
+    progress = Progress(num_updates * batch, start_step)
     eval_history: list = [[] for _ in runs]
-    done_updates, recent = 0, None
+    done_updates, recent = start_update, None
     while done_updates < num_updates:
         # Chunks end at log and eval boundaries; the count is traced, so no recompiling.
         n = min(updates_per_log - done_updates % updates_per_log,
@@ -681,7 +700,7 @@ def train(args: Args) -> list:
         sums = jax.device_get(sums)
         done_updates += n
         global_step = done_updates * batch
-        sps = global_step / (time.time() - start)
+        sps = (global_step - start_step) / (time.time() - start)
         recent_all = []
         for i, w in enumerate(writers):
             s = {k: float(v[i]) for k, v in sums.items()}
@@ -720,12 +739,11 @@ def train(args: Args) -> list:
         writers[i].add_scalar("eval/final_episodic_return", float(sampled[i].mean()), global_step)
         writers[i].add_scalar("eval/final_greedy_episodic_return", float(greedy[i].mean()), global_step)
         if args.save_model:
-            save_checkpoint(run_dir / ckpt_name, params_i, jax.tree.map(lambda x: x[i], runner.opt_state),
-                            start_step + global_step, seed_args)
+            save_checkpoint(run_dir / ckpt_name, jax.tree.map(lambda x: x[i], runner), global_step, seed_args)
         if args.capture_video:
             record_video(net, env, env_params, params_i, eval_keys[i], str(run_dir / "videos" / "greedy.mp4"))
         summaries.append(write_summary(
-            run_dir, seed_args, args.env_id, global_step, wall_time, global_step / train_time, device,
+            run_dir, seed_args, args.env_id, global_step, wall_time, (global_step - start_step) / train_time, device,
             sampled[i], eval_history[i], versions_, final_eval_greedy=eval_stats(greedy[i]),
             parameter_count=n_params, num_seeds_in_program=args.num_seeds, updates=num_updates,
             **({"loaded_checkpoint": args.load_checkpoint, "start_step": start_step} if args.load_checkpoint else {})))

@@ -10,8 +10,9 @@ before the final evaluation). `learn` trains on Breakout for `--total-timesteps`
 (the learning rate anneals to 0 over that budget) and compares the final evaluation (30 whole games,
 raw scores, sampled actions) with a uniformly random policy evaluated the same way (same seeds,
 same protocol). It also bins the run's training games by step and prints them beside a reference A2C
-run's games in the same bins (`[curves.sb3_zoo_a2c_breakout]` in reference_scores.toml: Stable-Baselines3
-Zoo's Breakout run), so that a short check can say whether the run is on the reference's course.
+run's games in the same bins (benchmarks/curve.py against `[curves.sb3_zoo_a2c_breakout]` in
+reference_scores.toml: Stable-Baselines3 Zoo's Breakout run), so that a short check can say whether
+the run is on the reference's course; `python benchmarks/curve.py runs/<run>` prints the same table.
 Results go to runs/bench_a2c_atari_<mode>.json and stdout. Run under the CPU lock.
 """
 
@@ -22,7 +23,6 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Optional
 
 import numpy as np
 import torch
@@ -31,7 +31,8 @@ import torch.nn as nn
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 import a2c_atari as A  # noqa: E402
-from run import load_references, read_scalars  # noqa: E402  (benchmarks/run.py, beside this file)
+from curve import reference_comparison  # noqa: E402  (benchmarks/curve.py, beside this file)
+from results import read_scalars  # noqa: E402
 
 
 class UniformPolicy(nn.Module):
@@ -80,21 +81,6 @@ def bench_sps(opts):
     return {"mode": "sps", "env_id": opts.env_id, "results": results}
 
 
-def compare_with_reference(returns, env_id: str) -> Optional[dict]:
-    """This run's training games ((step, score) pairs) beside the reference curve's, for each [lo, hi) step
-    bin that holds one of this run's games (Breakout only)."""
-    if A.game_name(env_id) != "breakout":
-        return None
-    ref = load_references()["curves"]["sb3_zoo_a2c_breakout"]
-    rows = []
-    for (lo, hi), ref_mean, ref_games in zip(ref["bins"], ref["mean_score"], ref["games"]):
-        scores = [v for step, v in returns if lo <= step < hi]
-        if scores:
-            rows.append({"bin": [lo, hi], "this_run": round(float(np.mean(scores)), 2), "this_run_games": len(scores),
-                         "reference": ref_mean, "reference_games": ref_games})
-    return {"reference": ref["name"], "source": ref["source"], "rows": rows}
-
-
 def bench_learn(opts):
     name = f"bench_a2c_learn_{opts.total_timesteps}_{int(time.time())}"
     load_before = uptime()
@@ -116,7 +102,7 @@ def bench_learn(opts):
         "wall_s": wall, "sps": summary["sps"], "final_eval": summary["final_eval"],
         "eval_history": summary["eval_history"], "random_policy": A.eval_stats(random_returns),
         "last_100_training_games_mean": float(np.mean(train_returns[-100:])) if train_returns else None,
-        "training_games_vs_reference": compare_with_reference(train_games, opts.env_id),
+        "training_games_vs_reference": reference_comparison(train_games, "a2c_atari.py", opts.env_id),
         "loadavg_before": load_before, "loadavg_after": uptime(), "run_dir": f"runs/{name}",
     }
 

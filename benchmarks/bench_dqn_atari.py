@@ -24,7 +24,7 @@ import sys
 import time
 from pathlib import Path
 
-from run import read_scalars  # benchmarks/run.py, beside this file
+from results import read_scalars  # benchmarks/results.py, beside this file
 
 
 ROOT = Path(__file__).resolve().parents[1]

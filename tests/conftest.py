@@ -86,3 +86,70 @@ def assert_bad_input(script, *args, cwd, mentions, timeout=120):
 def workdir(tmp_path):
     """An empty working directory for a script run (its runs/ and videos/ go here)."""
     return tmp_path
+
+
+# ---- Checkpoints that are not checkpoints (the torch scripts' --eval-checkpoint) ----
+class RunsCode:
+    """Unpickled, it creates a directory: a checkpoint is data, and loading one must not run code from it."""
+
+    def __reduce__(self):
+        return os.mkdir, ("code_ran",)
+
+
+def bad_torch_checkpoints(other_script: dict) -> dict:
+    """{name: content from the real checkpoint's path}: files a torch script must refuse as bad input.
+
+    Content is bytes, or an object for torch.save. `other_script` is another script's checkpoint dict.
+    """
+    import msgpack
+    import numpy as np
+    import torch
+
+    def without_script_name(real):
+        checkpoint = torch.load(real, weights_only=True)
+        del checkpoint["script"]  # as written before checkpoints named their script
+        return checkpoint
+
+    return {
+        "garbage": lambda real: np.random.default_rng(0).bytes(4096),
+        "empty": lambda real: b"",
+        "truncated": lambda real: real.read_bytes()[: real.stat().st_size // 2],
+        "other_script": lambda real: other_script,
+        "ppo_msgpack": lambda real: msgpack.packb({"script": "ppo_minatar_jax.py", "params": {}, "global_step": 600}),
+        "no_script_name": without_script_name,
+        "runs_code": lambda real: {"payload": RunsCode()},
+    }
+
+
+def assert_rejects_checkpoint(evaluate, content, tmp_path, monkeypatch, capsys) -> str:
+    """`evaluate(path)` on a file holding `content`, in-process (a CLI run per file costs seconds): exit 2,
+    one line naming --eval-checkpoint, no run directory, no code from the file ran. Returns the line."""
+    import torch
+
+    path = tmp_path / "bad.pt"
+    path.write_bytes(content) if isinstance(content, bytes) else torch.save(content, path)
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as exit_:  # a file wrongly accepted is evaluated briefly, then fails here
+        evaluate(str(path))
+    assert exit_.value.code == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and "--eval-checkpoint" in lines[0], lines
+    assert [p.name for p in tmp_path.iterdir()] == [path.name]
+    return lines[0]
+
+
+def assert_layer_grad_norms(run_dir, layers, loss_tag="losses/td_loss"):
+    """Each layer's gradient norm is logged at the loss-logging steps, and the layers' norms combine to
+    the logged global norm (so they are norms of the same gradients, not of the weights)."""
+    import math
+
+    scalars = read_scalars(run_dir)
+    layers = {f"grad_norms/{name}" for name in layers}
+    assert layers <= scalars.keys(), scalars.keys()
+    steps = [s for s, _ in scalars[loss_tag]]
+    for tag in layers | {"losses/grad_norm"}:
+        assert [s for s, _ in scalars[tag]] == steps, tag
+    for i, (_, total) in enumerate(scalars["losses/grad_norm"]):
+        layer_norms = [scalars[tag][i][1] for tag in layers]
+        assert min(layer_norms) > 0
+        assert math.sqrt(sum(n * n for n in layer_norms)) == pytest.approx(total, rel=1e-4)

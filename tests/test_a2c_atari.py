@@ -1,6 +1,9 @@
-"""Tests of a2c_atari.py: the return/advantage functions against hand-computed cases, the loss, the
-optimizer, the rollout's episode bookkeeping (scripted and real envs), seeding, a smoke run, bad input."""
+"""Tests of a2c_atari.py: the return/advantage functions against hand-computed cases, the loss and the
+update, the optimizer, the rollout's episode bookkeeping (scripted and real envs), the evaluation, seeding,
+what train() applies (learning rate, seeds), a smoke run, bad input and bad checkpoints."""
 
+import copy
+import dataclasses
 import json
 
 import numpy as np
@@ -9,7 +12,8 @@ import torch
 import torch.nn as nn
 
 import a2c_atari as A
-from conftest import assert_bad_input, check_run_contract, read_scalars, run_script
+from conftest import (assert_bad_input, assert_rejects_checkpoint, bad_torch_checkpoints, check_run_contract,
+                      read_scalars, run_script)
 
 SCRIPT = "a2c_atari.py"
 GAMMA = 0.5  # a small gamma makes every hand-computed case distinguish the alternatives
@@ -97,18 +101,20 @@ def test_wrong_return_functions_fail_the_same_check(wrong):
 
 def test_gae_lambda_one_is_nstep():
     check_returns(script_gae_lambda1)
-    # and on random rollouts with random boundaries
+    # and on random rollouts with random boundaries: game overs and frame caps (the next step is a reset)
+    # and lost lives (terminal, but the game goes on: the next step is valid)
     g = torch.Generator().manual_seed(0)
     T, E = 7, 6
     for _ in range(20):
         rewards, values = torch.randn(T, E, generator=g), torch.randn(T, E, generator=g)
         next_value = torch.randn(E, generator=g)
-        terminated = (torch.rand(T, E, generator=g) < 0.2).float()
-        truncated = (torch.rand(T, E, generator=g) < 0.1).float() * (1 - terminated)
-        ended = ((terminated + truncated) > 0).float()  # ALE: the step after an ended game is a reset
+        game_over = (torch.rand(T, E, generator=g) < 0.15).float()
+        truncated = (torch.rand(T, E, generator=g) < 0.1).float() * (1 - game_over)
+        ended = ((game_over + truncated) > 0).float()  # ALE: the step after an ended game is a reset
         valid = torch.ones(T, E)
         valid[1:] = 1 - ended[:-1]
-        terminated, truncated = terminated * valid, truncated * valid
+        life_lost = (torch.rand(T, E, generator=g) < 0.2).float() * (1 - truncated)
+        terminated, truncated = torch.maximum(game_over, life_lost) * valid, truncated * valid
         nstep = A.nstep_returns(rewards, values, next_value, terminated, valid, 0.99)
         adv = A.gae_advantages(rewards, values, next_value, terminated, truncated, valid, 0.99, 1.0)
         torch.testing.assert_close(adv, (nstep - values) * valid)
@@ -198,6 +204,10 @@ def test_autoreset_steps_carry_no_loss_or_gradient():
     torch.testing.assert_close(changed[0], base[0])
     torch.testing.assert_close(changed[1][~bad], base[1][~bad])
     assert changed[1][bad].abs().max() == 0 and changed[2][bad].abs().max() == 0
+    # the mean is over valid steps only: the same loss as the valid steps alone
+    only_valid, _ = A.a2c_loss(logits[~bad], values[~bad], actions[~bad], adv[~bad], ret[~bad],
+                               torch.ones(int((~bad).sum())), 0.5, 0.01)
+    torch.testing.assert_close(base[0], only_valid)
 
 
 def test_explained_variance():
@@ -208,15 +218,34 @@ def test_explained_variance():
     assert A.explained_variance(torch.tensor([2.0, 1, 4, 3, 0]), ret, valid) == pytest.approx(1 - 1.0 / 1.25)
 
 
-# ---- schedule and optimizer ----------------------------------------------------------------------
-def test_learning_rate_reaches_zero_at_the_end():
-    updates = 125
-    lrs = [A.linear_schedule(7e-4, 0.0, updates, u) for u in range(updates + 1)]
-    assert lrs[0] == 7e-4 and lrs[-1] == 0.0
-    assert lrs[-2] == pytest.approx(7e-4 / updates)
-    assert all(a > b for a, b in zip(lrs, lrs[1:]))
+def test_update_ignores_autoreset_steps():
+    """Whatever an autoreset step holds (its obs, action, reward), a2c_update makes the same step."""
+    torch.set_num_threads(A.Args.torch_threads)  # as train() does (2 threads take seconds here to init the CNN)
+    g = torch.Generator().manual_seed(0)
+    T, E = 3, 2
+    obs = torch.randint(0, 256, (T, E, 4, 84, 84), generator=g, dtype=torch.uint8)
+    # env 1: game over at t=0, t=1 is its reset step
+    rollout = A.Rollout(obs, torch.randint(0, 4, (T, E), generator=g), torch.randn(T, E, generator=g),
+                        col([1, 0], [0, 1], [-1, 0]), col([0, 1], [0, 0], [0, 0]), torch.zeros(T, E),
+                        col([1, 1], [1, 0], [1, 1]), torch.randn(E, generator=g))
+
+    agent0 = A.ActorCritic(4)
+
+    def update(r):
+        agent = copy.deepcopy(agent0)
+        before = [p.detach().clone() for p in agent.parameters()]
+        A.a2c_update(agent, A.TFRMSprop(agent.parameters()), r, A.Args(), 7e-4)
+        return torch.cat([(p.detach() - b).flatten() for p, b in zip(agent.parameters(), before)])
+
+    base = update(rollout)
+    other = dataclasses.replace(rollout, obs=obs.clone(), actions=rollout.actions.clone(),
+                                rewards=rollout.rewards.clone())
+    other.obs[1, 1], other.actions[1, 1], other.rewards[1, 1] = 255 - obs[1, 1], 3 - rollout.actions[1, 1], -1.0
+    assert base.abs().max() > 0
+    torch.testing.assert_close(update(other), base, rtol=0, atol=1e-3 * float(base.abs().max()))
 
 
+# ---- optimizer ------------------------------------------------------------------------------------
 def tf_rmsprop_reference(p, grads, lr, alpha, eps):
     """TensorFlow's RMSProp (momentum 0): ms starts at 1; p -= lr * g / sqrt(ms + eps). numpy float64."""
     p, ms = np.array(p, dtype=np.float64), np.ones_like(p, dtype=np.float64)
@@ -252,7 +281,7 @@ def test_rmsprop_matches_tensorflow_update():
     assert not np.allclose(rebuilt, tf_rmsprop_reference(p0, grads, **kw), rtol=1e-9, atol=0)
 
 
-# ---- rollouts: scripted env ----------------------------------------------------------------------
+# ---- rollouts: scripted env -----------------------------------------------------------------------
 class ScriptedEnvs:
     """A stand-in vector env that replays scripted (reward, terminated, truncated, lives) rows with
     ALE's NEXT_STEP semantics already applied by the script; obs encode the step index."""
@@ -269,6 +298,9 @@ class ScriptedEnvs:
         self.t += 1
         obs = np.full((self.num_envs, 4, 84, 84), self.t, dtype=np.uint8)
         return obs, r.astype(np.int32), term.astype(bool), trunc.astype(bool), {"lives": lives}
+
+    def close(self):
+        pass
 
 
 class ConstantAgent(nn.Module):
@@ -315,6 +347,23 @@ def test_rollout_bookkeeping_scripted():
     # env 1 truncated at step 2: its return bootstraps from V(last state) = obs of step 3 (value 3)
     returns = A.nstep_returns(r1.rewards, r1.values, r1.next_value, r1.terminated, r1.valid, GAMMA)
     assert returns[2, 1] == pytest.approx(1.0 + GAMMA * 3.0)
+
+
+def test_evaluation_counts_each_first_game_only(monkeypatch):
+    # env 0: +3, +2 and the frame cap; env 1: +1, +1, +1, game over (+4). Rewards after a game's end (100,
+    # during the autoreset and the next game) must not count, and each env's first game is its episode.
+    script = [
+        ([3, 1], [0, 0], [0, 0], [5, 5]),
+        ([2, 1], [0, 0], [1, 0], [5, 5]),
+        ([100, 1], [0, 0], [0, 0], [5, 5]),
+        ([100, 4], [0, 1], [0, 0], [5, 0]),
+        ([100, 100], [1, 0], [0, 0], [0, 5]),
+        ([100, 100], [0, 0], [0, 0], [5, 5]),
+    ]
+    envs = ScriptedEnvs(script, [5, 5])
+    monkeypatch.setattr(A, "make_envs", lambda *args: (envs, *envs.first_obs()))
+    returns, lengths = A.evaluate(ConstantAgent(), "breakout", 2, 0, torch.device("cpu"))
+    assert returns == [3 + 2, 1 + 1 + 1 + 4] and lengths == [2, 4]
 
 
 # ---- rollouts and envs: real Breakout -------------------------------------------------------------
@@ -389,29 +438,84 @@ def test_same_seed_same_result():
     assert not torch.equal(p1, p3)
 
 
+# ---- train(): the learning rate it applies, the seeds it samples actions with ---------------------
+@pytest.fixture(scope="module")
+def spied_training(tmp_path_factory):
+    """train() in-process for 5 updates, recording at every optimizer step the optimizer and the learning
+    rate it applies, and the seed of the generator behind every sampled action."""
+    args = A.Args(seed=5, total_timesteps=50, num_envs=2, num_steps=5, cuda=False, run_name="spied",
+                  eval_episodes=1, final_eval_episodes=1, eval_max_frames=200)
+    steps, seeds = [], []
+    real_step, real_sample = A.TFRMSprop.step, A.sample_actions
+
+    def step(self, closure=None):
+        steps.append((self, self.param_groups[0]["lr"]))
+        return real_step(self, closure)
+
+    def sample_actions(logits, generator):
+        seeds.append(generator.initial_seed())
+        return real_sample(logits, generator)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(tmp_path_factory.mktemp("spied"))
+        mp.setattr(A.TFRMSprop, "step", step)
+        mp.setattr(A, "sample_actions", sample_actions)
+        A.train(args)
+    return args, steps, seeds
+
+
+def test_learning_rate_applied_anneals_linearly_per_update(spied_training):
+    args, steps, _ = spied_training
+    n = args.total_timesteps // (args.num_envs * args.num_steps)
+    # update u applies lr * (1 - u / n): the full rate first, lr / n last (0 would come after training)
+    assert [lr for _, lr in steps] == pytest.approx([args.learning_rate * (n - u) / n for u in range(n)],
+                                                    rel=1e-12)
+    # one optimizer for the whole run (rebuilt, it would lose its squared-gradient averages)
+    assert all(opt is steps[0][0] for opt, _ in steps)
+
+
+def test_action_sampling_seeded(spied_training):
+    args, steps, seeds = spied_training
+    training = len(steps) * args.num_steps  # training samples come first, then the evaluations
+    assert seeds[:training] == [args.seed] * training
+    assert args.seed not in seeds[training:]  # evaluation's actions are not the training's
+    assert torch.Generator().initial_seed() not in seeds  # a generator never seeded has this fixed seed
+
+
 # ---- the script end to end ------------------------------------------------------------------------
-def test_smoke_run_on_breakout_and_checkpoint_eval(workdir):
-    # 2 envs x 300 steps: random Breakout games last ~130-250 steps, so games end and are logged.
-    total = 600
-    proc = run_script(SCRIPT, "--env-id", "BreakoutNoFrameskip-v4", "--seed", 3, "--total-timesteps", total,
-                      "--num-envs", 2, "--run-name", "smoke", "--save-model", "--log-frequency", 10,
+SMOKE_TOTAL, SMOKE_ENVS = 600, 2  # 2 envs x 300 steps: random Breakout games last ~130-250 steps, so games end
+
+
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory):
+    """A tiny training run through the CLI with --save-model, shared by the tests below: its run directory."""
+    cwd = tmp_path_factory.mktemp("smoke")
+    proc = run_script(SCRIPT, "--env-id", "BreakoutNoFrameskip-v4", "--seed", 3, "--total-timesteps", SMOKE_TOTAL,
+                      "--num-envs", SMOKE_ENVS, "--run-name", "smoke", "--save-model", "--log-frequency", 10,
                       "--eval-frequency", 300,
                       "--eval-episodes", 1, "--final-eval-episodes", 2, "--eval-max-frames", 2000,
-                      "--no-cuda", cwd=workdir)
+                      "--no-cuda", cwd=cwd)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    run_dir = workdir / "runs" / "smoke"
-    summary = check_run_contract(run_dir, SCRIPT, "BreakoutNoFrameskip-v4", 3, total)
+    return cwd / "runs" / "smoke"
+
+
+def test_smoke_run_on_breakout_and_checkpoint_eval(smoke_run, workdir):
+    run_dir = smoke_run
+    summary = check_run_contract(run_dir, SCRIPT, "BreakoutNoFrameskip-v4", 3, SMOKE_TOTAL)
     assert summary["final_eval"]["episodes"] == 2 and summary["device"] == "cpu"
     scalars = read_scalars(run_dir)
     for tag in ("losses/policy_loss", "losses/value_loss", "losses/entropy", "losses/explained_variance",
                 "losses/grad_norm", "charts/learning_rate", "grad_norms/policy", "grad_norms/value",
                 "grad_norms/trunk.0"):
         assert tag in scalars, tag
-    lr = [v for _, v in scalars["charts/learning_rate"]]
-    assert lr[0] == pytest.approx(7e-4) and lr[-1] == 0.0  # annealed to 0 at the end
+    # the logged learning rate is the one applied at that update u (logged at step (u + 1) * batch)
+    batch = SMOKE_ENVS * A.Args.num_steps
+    n = SMOKE_TOTAL // batch
+    for step, lr in scalars["charts/learning_rate"]:
+        assert lr == pytest.approx(7e-4 * (1 - (step // batch - 1) / n), rel=1e-6), step
     entropy = scalars["losses/entropy"][0][1]
     assert 1.3 < entropy <= np.log(4) + 1e-6  # near-uniform initial policy over Breakout's 4 actions
-    checkpoint = torch.load(run_dir / "a2c_atari.pt")
+    checkpoint = torch.load(run_dir / "a2c_atari.pt", weights_only=True)
     # The optimizer was built once: after 60 updates the squared averages have decayed below the
     # single-step minimum alpha * 1 (which is all a rebuilt-every-update optimizer would ever show).
     square_avg = [s["square_avg"] for s in checkpoint["optimizer"]["state"].values()]
@@ -422,9 +526,26 @@ def test_smoke_run_on_breakout_and_checkpoint_eval(workdir):
                       "--eval-max-frames", 2000, "--no-cuda", cwd=workdir)
     assert proc.returncode == 0, proc.stderr[-3000:]
     ev = json.loads((workdir / "runs" / "evalrun" / "summary.json").read_text())
-    assert ev["total_timesteps"] == total and ev["final_eval"]["episodes"] == 2
+    assert ev["total_timesteps"] == SMOKE_TOTAL and ev["final_eval"]["episodes"] == 2
     # same agent, same evaluation seed: the same scores as the training run's final evaluation
     assert ev["final_eval"] == summary["final_eval"]
+
+
+BAD_CHECKPOINTS = {
+    **bad_torch_checkpoints({"script": "dqn_atari.py", "q_network": {"network.0.weight": torch.zeros(32, 4, 8, 8)}}),
+    "other_game": lambda real: real.read_bytes(),  # Breakout's 4 actions, evaluated on Pong's 6
+}
+
+
+@pytest.mark.parametrize("name", BAD_CHECKPOINTS)
+def test_eval_checkpoint_rejects_other_files(smoke_run, tmp_path, monkeypatch, capsys, name):
+    content = BAD_CHECKPOINTS[name](smoke_run / "a2c_atari.pt")
+    env_id = "PongNoFrameskip-v4" if name == "other_game" else "BreakoutNoFrameskip-v4"
+    line = assert_rejects_checkpoint(lambda path: A.train(A.Args(
+        env_id=env_id, eval_checkpoint=path, cuda=False, final_eval_episodes=1, eval_max_frames=400)),
+        content, tmp_path, monkeypatch, capsys)
+    assert ("--env-id" if name == "other_game" else "--save-model") in line, line
+    assert name != "other_game" or "BreakoutNoFrameskip-v4" in line  # the game it was trained on
 
 
 @pytest.mark.parametrize("args, mentions", [

@@ -7,7 +7,9 @@ import numpy as np
 import pytest
 import torch
 import torch.nn as nn
-from conftest import assert_bad_input, check_run_contract, read_scalars, run_script
+from conftest import (assert_bad_input, assert_layer_grad_norms, assert_rejects_checkpoint, bad_torch_checkpoints,
+                      check_run_contract, read_scalars, run_script)
+from scipy.stats import chisquare
 
 import dqn_atari as d
 
@@ -25,6 +27,17 @@ class ConstantQ(nn.Module):
 
     def forward(self, x):
         return self.q.expand(len(x), -1)
+
+
+class PixelSumQ(nn.Module):
+    """A deterministic policy that still varies with the screen: greedy action = pixel sum mod n_actions."""
+
+    def __init__(self, n_actions: int):
+        super().__init__()
+        self.n_actions = n_actions
+
+    def forward(self, x):
+        return nn.functional.one_hot(x.flatten(1).long().sum(1) % self.n_actions, self.n_actions).float()
 
 
 def is_reset_stack(obs):
@@ -70,10 +83,11 @@ def collect(game, num_envs, steps, capacity, seed, max_frames):
         assert np.array_equal(live, ~was_reset), "a reset step was taken for a transition (or the reverse)"
         for i in np.flatnonzero(live):
             # A list per stack: static screens (e.g. Breakout waiting for FIRE) repeat the same stack.
-            truth.setdefault(obs[i].tobytes(), []).append((actions[i], rewards[i], td_terminal[i], next_obs[i]))
+            cut = trunc[i] and not td_terminal[i]
+            truth.setdefault(obs[i].tobytes(), []).append((actions[i], rewards[i], td_terminal[i], next_obs[i], cut))
             counts["life_loss"] += td_terminal[i] and not term[i]
             counts["game_over"] += term[i]
-            counts["cut"] += trunc[i] and not td_terminal[i]
+            counts["cut"] += cut
             counts["first"] += is_reset_stack(obs[i])
         rb.add(np.flatnonzero(live), obs[live], actions[live], rewards[live], next_obs[live],
                td_terminal[live], trunc[live], episode_end[live])
@@ -89,16 +103,18 @@ def filled_buffer():
 
 
 def all_slots(rb):
+    """Every slot's transition in age order (env by env, oldest first) and whether it is a cut marker."""
     env = torch.arange(rb.num_envs).repeat_interleave(rb.slots)
     age = torch.arange(rb.slots).repeat(rb.num_envs)
-    return rb.gather(env, age)
+    slot = (rb.pos_t[env] - rb.size_t[env] + age) % rb.slots
+    return rb.gather(env, age), ~rb.real[env, slot]
 
 
 def test_rebuilt_stacks_equal_env_stacks(filled_buffer):
     rb, truth, counts = filled_buffer
     assert rb.size.sum() == rb.capacity and len(truth) > 3 * rb.capacity, "buffer did not wrap around"
     assert counts["life_loss"] and counts["game_over"] and counts["cut"] and counts["first"], counts
-    obs, actions, rewards, next_obs, terminated, valid = all_slots(rb)
+    (obs, actions, rewards, next_obs, terminated, valid), _ = all_slots(rb)
     valid = valid.bool()
     assert valid.sum() >= rb.capacity - rb.num_envs * 5  # only newest / history-less / cut-marker slots drop
     seen_first = 0
@@ -107,7 +123,7 @@ def test_rebuilt_stacks_equal_env_stacks(filled_buffer):
         assert key in truth, "a rebuilt stack matches no env observation (crossed an episode start or wraparound)"
         # s' is only used (and only guaranteed) when the TD target bootstraps.
         assert any(actions[k] == a and rewards[k] == r and bool(terminated[k]) == t
-                   and (t or np.array_equal(next_obs[k].numpy(), n)) for a, r, t, n in truth[key]), \
+                   and (t or np.array_equal(next_obs[k].numpy(), n)) for a, r, t, n, _ in truth[key]), \
             "stored transition differs from the env's (action, reward, terminal or next stack)"
         seen_first += is_reset_stack(obs[k].numpy())
     assert seen_first > 0, "no stack right after a reset was checked"
@@ -115,21 +131,24 @@ def test_rebuilt_stacks_equal_env_stacks(filled_buffer):
 
 def test_truncated_transitions_bootstrap_from_their_real_next_obs(filled_buffer):
     rb, truth, _ = filled_buffer
-    obs, _, _, next_obs, terminated, valid = all_slots(rb)
-    cut_slots = ~rb.real.flatten()  # markers written after a frame-cap cut
-    assert cut_slots.any()
-    # The transition just before each marker is the cut one: non-terminal, next obs = the env's last obs.
-    before = torch.nonzero(cut_slots).flatten() - 1
-    checked = 0
-    for k in before.tolist():
-        if valid[k] and obs[k].numpy().tobytes() in truth:
-            assert terminated[k] == 0
-            assert any(np.array_equal(next_obs[k].numpy(), n) for *_, n in truth[obs[k].numpy().tobytes()])
-            checked += 1
-    assert checked > 0
+    # With the write heads mid-ring, age order (gather's) and ring order differ: reading one as the other
+    # would pair a marker with an unrelated transition.
+    assert (rb.pos != 0).all()
+    (obs, _, _, next_obs, terminated, valid), marker = all_slots(rb)
+    # The transition just before each marker (in age order, same env) is the cut one.
+    ages = torch.arange(len(marker)) % rb.slots
+    cut = (torch.nonzero(marker & (ages >= d.STACK)).flatten() - 1).tolist()  # ages >= 3: full history
+    assert cut
+    for k in cut:
+        assert valid[k] and not valid[k + 1], "the cut transition is sampled, its marker is not"
+        assert terminated[k] == 0, "a truncated game must bootstrap"
+        key = obs[k].numpy().tobytes()
+        # s' rebuilt through the marker equals the env's last obs of the cut game.
+        assert any(c and np.array_equal(next_obs[k].numpy(), n) for *_, n, c in truth.get(key, [])), \
+            "the slot before a marker is not the cut transition, or its next obs is not the game's last"
 
 
-def test_sample_is_uniform_over_valid_slots_and_seeded(filled_buffer):
+def test_sample_is_seeded_and_spread_over_the_buffer(filled_buffer):
     rb = filled_buffer[0]
     b1 = rb.sample(4096, torch.Generator().manual_seed(0))
     b2 = rb.sample(4096, torch.Generator().manual_seed(0))
@@ -138,42 +157,110 @@ def test_sample_is_uniform_over_valid_slots_and_seeded(filled_buffer):
     assert len({o.numpy().tobytes() for o in b1[0][:512]}) > 200  # spread over the buffer
 
 
+def test_sample_is_uniform_over_the_slots_with_a_successor():
+    rb = d.ReplayBuffer(60, 2, CPU)  # 30 slots per env
+    frames = np.zeros((1, d.STACK, *d.FRAME_SHAPE), dtype=np.uint8)
+    ids = {0: [], 1: []}  # each transition's reward is its id
+    for t in range(45):  # env 0 wraps (its write head mid-ring), env 1 fills 20 of its 30 slots
+        for env in (0, 1) if t < 20 else (0,):
+            ids[env].append(len(ids[0]) + len(ids[1]) + 1)
+            end = np.array([t % 7 == 6])  # games end now and then: stacks of all history lengths
+            rb.add(np.array([env]), frames, np.array([0]), np.array([float(ids[env][-1])]), frames, end,
+                   np.array([False]), end)
+    drawable = ids[0][-30:-1] + ids[1][:-1]  # all stored but each env's newest (no successor yet)
+    generator = torch.Generator().manual_seed(0)
+    drawn = torch.cat([rb.sample(2048, generator)[2] for _ in range(4)]).long()
+    counts = torch.bincount(drawn, minlength=len(ids[0]) + len(ids[1]) + 1)
+    assert counts.sum() == counts[drawable].sum(), "drew a slot without successor, overwritten or unfilled"
+    # Chi-square goodness of fit to uniform over the 48 drawable slots (~170 draws each expected):
+    # picking an env uniformly then a slot in it (env 1 holds fewer) fails it by orders of magnitude.
+    assert chisquare(counts[drawable].numpy()).pvalue > 1e-4
+
+
+# Calls that copy a tensor's data to the host (a device sync when it lives on a GPU): reading a value into
+# Python, or an op whose output size depends on the data.
+HOST_READS = {
+    torch.Tensor: ("item", "tolist", "numpy", "cpu", "nonzero", "argwhere", "masked_select", "unique", "equal",
+                   "allclose", "__bool__", "__float__", "__int__", "__index__", "__array__"),
+    torch: ("nonzero", "argwhere", "masked_select", "unique", "equal", "allclose", "is_nonzero"),
+}
+
+
+def forbid_host_reads(monkeypatch):
+    """Makes every host read (HOST_READS, a boolean-mask index, a copy to the CPU) raise. On a CPU-only
+    machine every tensor is already on the host, so the calls themselves are caught: the hot path moves
+    nothing between devices, and a move to any CPU device is one to the host on a GPU machine."""
+    def forbid(name, check=lambda *args, **kwargs: True, original=None):
+        def call(*args, **kwargs):
+            assert not check(*args, **kwargs), f"host read in the hot path: {name}"
+            return original(*args, **kwargs)
+        return call
+
+    for owner, names in HOST_READS.items():
+        for name in names:
+            monkeypatch.setattr(owner, name, forbid(f"{owner.__name__}.{name}"))
+
+    def mask(self, index, *value):
+        parts = index if isinstance(index, tuple) else (index,)
+        return any(isinstance(p, torch.Tensor) and p.dtype == torch.bool for p in parts)
+
+    def to_cpu(self, *args, **kwargs):
+        target = kwargs.get("device", args[0] if args else None)
+        target = target.device if isinstance(target, torch.Tensor) else target
+        return isinstance(target, (str, torch.device)) and torch.device(target).type == "cpu"
+
+    for name, check in (("__getitem__", mask), ("__setitem__", mask), ("to", to_cpu), ("copy_", to_cpu)):
+        monkeypatch.setattr(torch.Tensor, name, forbid(f"Tensor.{name}", check, getattr(torch.Tensor, name)))
+    monkeypatch.setattr(torch, "where", forbid("torch.where(condition)", lambda *args, **kwargs: len(args) == 1,
+                                               torch.where))
+
+
 def test_sample_and_update_never_read_the_device(filled_buffer, monkeypatch):
-    """With the buffer on a GPU, sampling and the update must not wait on the host: any read of a tensor's
-    value into Python (item, bool, numpy, ...) or a boolean-mask index (its size depends on the data)
-    is a device sync. Here every such read raises, so one slipping into the hot path fails the test."""
+    """With the buffer on a GPU, sampling and the update must not wait on the host. Here every host read
+    raises, so one slipping into the hot path fails the test."""
     rb, _, _ = filled_buffer
     q_network, target_network = d.QNetwork(4), d.QNetwork(4)
     optimizer = torch.optim.Adam(q_network.parameters(), lr=1e-4, fused=True)  # as the script builds it
     generator = torch.Generator().manual_seed(0)
-
-    def forbid(name):
-        def read(*args, **kwargs):
-            raise AssertionError(f"host read in the hot path: Tensor.{name}")
-        return read
-
-    for name in ("item", "tolist", "numpy", "cpu", "nonzero", "__bool__", "__float__", "__int__"):
-        monkeypatch.setattr(torch.Tensor, name, forbid(name))
-    getitem = torch.Tensor.__getitem__
-
-    def no_mask_getitem(self, index):
-        parts = index if isinstance(index, tuple) else (index,)
-        assert not any(isinstance(p, torch.Tensor) and p.dtype == torch.bool for p in parts), "boolean-mask index"
-        return getitem(self, index)
-
-    monkeypatch.setattr(torch.Tensor, "__getitem__", no_mask_getitem)
+    forbid_host_reads(monkeypatch)
+    with pytest.raises(AssertionError, match="host read"):  # the trap works
+        torch.nonzero(torch.ones(2))
     for double_q in (False, True):
         loss, q_mean = d.dqn_update(q_network, target_network, optimizer, rb.sample(32, generator), 0.99, double_q)
     monkeypatch.undo()
     assert np.isfinite(loss.item()) and np.isfinite(q_mean.item())
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA's sync debug mode needs a GPU")
+def test_sample_and_update_do_not_sync_on_cuda():
+    cuda = torch.device("cuda")
+    rb = d.ReplayBuffer(64, 1, cuda)
+    frames = np.random.default_rng(0).integers(0, 255, (20, d.STACK, *d.FRAME_SHAPE), dtype=np.uint8)
+    for t in range(19):
+        end = np.array([t == 9])
+        rb.add(np.array([0]), frames[t:t + 1], np.array([t % 4]), np.array([1.0]), frames[t + 1:t + 2], end,
+               np.array([False]), end)
+    q_network, target_network = d.QNetwork(4).to(cuda), d.QNetwork(4).to(cuda)
+    optimizer = torch.optim.Adam(q_network.parameters(), lr=1e-4, fused=True)
+    generator = torch.Generator(device=cuda).manual_seed(0)
+    # Once first: CUDA, cuBLAS and cuDNN set themselves up on first use; a sync in the hot path recurs.
+    d.dqn_update(q_network, target_network, optimizer, rb.sample(32, generator), 0.99, False)
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        for double_q in (False, True):
+            loss, _ = d.dqn_update(q_network, target_network, optimizer, rb.sample(32, generator), 0.99, double_q)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert torch.isfinite(loss).item()
+
+
 def test_no_transition_across_autoreset():
     # The step after a finished game returns the reset obs with reward 0 and no flags: not a transition.
     term, trunc = np.array([True, False, False]), np.array([False, True, False])
     lives, prev = np.array([0, 3, 3]), np.array([1, 3, 3])
-    live, _, end = d.transition_flags(term, trunc, lives, prev, autoreset=np.zeros(3, bool))
+    live, td, end = d.transition_flags(term, trunc, lives, prev, autoreset=np.zeros(3, bool))
     assert live.all() and end.tolist() == [True, True, False]
+    assert td.tolist() == [True, False, False], "a game cut by the frame cap must still bootstrap"
     live, td, end = d.transition_flags(np.zeros(3, bool), np.zeros(3, bool), np.array([5, 5, 3]), lives,
                                        autoreset=end)
     assert live.tolist() == [False, False, True] and not td.any() and not end.any()
@@ -216,6 +303,18 @@ def test_rewards_clipped_only_in_the_loss():
     assert loss.item() == pytest.approx(0.5)  # Huber(0 - clip(4)=1) = 0.5; unclipped it would be 3.5
 
 
+@pytest.mark.parametrize("double_q", [False, True])
+def test_update_bootstraps_from_next_obs_unless_terminated(double_q):
+    q, target = nn.Linear(1, 2), nn.Linear(1, 2)
+    nn.init.zeros_(q.weight), nn.init.zeros_(q.bias)  # Q = 0 everywhere: the loss is Huber(0 - target)
+    nn.init.ones_(target.weight), nn.init.zeros_(target.bias)  # Q_target(s, .) = s
+    obs, next_obs = torch.zeros(2, 1), torch.ones(2, 1)
+    batch = (obs, torch.tensor([0, 0]), torch.zeros(2), next_obs, torch.tensor([0.0, 1.0]), torch.ones(2))
+    loss, _ = d.dqn_update(q, target, torch.optim.SGD(q.parameters(), lr=0.0), batch, 1.0, double_q)
+    # Row 0 bootstraps from Q_target(s') = 1 (Huber 0.5), row 1 is terminal (target 0): mean 0.25.
+    assert loss.item() == pytest.approx(0.25)
+
+
 def test_invalid_slots_carry_no_weight():
     q = torch.nn.Linear(1, 2)
     obs = torch.zeros(2, 1)
@@ -247,15 +346,19 @@ def test_evaluation_caps_games_at_18000_frames():
 
 def test_evaluation_scores_whole_games_raw():
     # Space Invaders pays 5-30 points per alien: raw scores exceed the number of rewards.
-    returns, lengths = d.evaluate(ConstantQ(6, 1), "space_invaders", 2, seed=0, device=CPU, epsilon=0.0)
-    envs, _, info = d.make_envs("space_invaders", 2, 0, 18_000)
-    clipped, lives_lost, running = np.zeros(2), np.zeros(2), np.ones(2, bool)
+    policy = PixelSumQ(6)
+    returns, lengths = d.evaluate(policy, "space_invaders", 2, seed=3, device=CPU, epsilon=0.0)
+    envs, obs, info = d.make_envs("space_invaders", 2, 3, 18_000)
+    raw, clipped, lives_lost, running = np.zeros(2), np.zeros(2), np.zeros(2), np.ones(2, bool)
     lives = info["lives"]
     while running.any():
-        _, r, term, trunc, info = envs.step(np.ones(2, dtype=np.int64))
+        obs, r, term, trunc, info = envs.step(policy(torch.as_tensor(obs)).argmax(1).numpy())
+        raw += r * running
         clipped += np.clip(r, -1, 1) * running
         lives_lost += (info["lives"] < lives) * running
         lives, running = info["lives"], running & ~(term | trunc)
+    assert abs(lengths[0] - lengths[1]) > 100  # the shorter game's env resets and scores on meanwhile
+    assert returns == raw.tolist(), "points scored after a game ended were counted"
     assert (np.array(returns) > 2 * clipped).all() and (clipped > 0).all()
     assert (lives_lost >= 2).all(), "an evaluation episode stopped at the first life loss"
 
@@ -269,7 +372,7 @@ def test_noop_starts_randomize_the_first_frame():
 
 # ---- end to end ------------------------------------------------------------------------------------
 SMOKE = ["--env-id", "BreakoutNoFrameskip-v4", "--seed", "5", "--total-timesteps", "600", "--num-envs", "2",
-         "--learning-starts", "480", "--buffer-size", "1000", "--target-network-frequency", "50",
+         "--learning-starts", "480", "--buffer-size", "1000", "--target-network-frequency", "70",
          "--exploration-fraction", "1.0", "--end-e", "0.5",  # keep pressing FIRE often enough to finish games
          "--eval-episodes", "1", "--final-eval-episodes", "2", "--eval-max-frames", "800", "--save-model"]
 
@@ -296,6 +399,14 @@ def test_smoke_run_on_breakout(smoke_runs):
     checkpoint = torch.load(run / "dqn_atari.pt", map_location="cpu")
     steps = {float(s["step"]) for s in checkpoint["optimizer"]["state"].values()}
     assert steps == {float(summary["updates"])}, "Adam state lost: optimizer rebuilt during training"
+    # Last sync at step 560, then 10 updates: a target that is the online net (or synced every update)
+    # would equal it.
+    q, target = checkpoint["q_network"], checkpoint["target_network"]
+    assert not all(torch.equal(q[k], target[k]) for k in q)
+
+
+def test_gradient_norms_logged_per_layer(smoke_runs):
+    assert_layer_grad_norms(smoke_runs[0], [f"net.{i}" for i in (0, 2, 4, 7, 9)])
 
 
 def test_same_seed_same_result(smoke_runs):
@@ -311,13 +422,25 @@ def test_same_seed_same_result(smoke_runs):
 
 def test_eval_checkpoint_without_training(smoke_runs, workdir):
     ckpt = smoke_runs[0] / "dqn_atari.pt"
+    # A buffer far too large for memory: evaluation builds none, so it must not be refused for it.
     proc = run_script(SCRIPT, "--eval-checkpoint", ckpt, "--final-eval-episodes", "2", "--eval-max-frames", "800",
-                      "--run-name", "ev", "--capture-video", cwd=workdir)
+                      "--run-name", "ev", "--capture-video", "--buffer-size", "1000000000", cwd=workdir)
     assert proc.returncode == 0, proc.stderr[-3000:]
     summary = json.loads((workdir / "runs" / "ev" / "summary.json").read_text())
     assert summary["final_eval"]["episodes"] == 2 and summary["total_timesteps"] == 600
     assert not list((workdir / "runs" / "ev").glob("events.*")), "evaluation must not train"
     assert list((workdir / "runs" / "ev" / "videos").glob("*.mp4"))
+
+
+def test_training_logs_raw_game_scores(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    # Random play (epsilon 1) ends a game in about 400-700 steps (this seed's first at step 381).
+    d.train(d.Args(env_id="SpaceInvadersNoFrameskip-v4", total_timesteps=500, num_envs=1, learning_starts=500,
+                   start_e=1.0, end_e=1.0, buffer_size=1000, eval_episodes=1, final_eval_episodes=1,
+                   eval_max_frames=400, cuda=False, run_name="si"))
+    returns = [v for _, v in read_scalars(tmp_path / "runs/si")["charts/episodic_return"]]
+    # Space Invaders pays 5-30 points per alien: clipped to 1 per reward, a score is a count of kills.
+    assert returns and all(r % 5 == 0 and r > 30 for r in returns), returns
 
 
 # ---- bad input -------------------------------------------------------------------------------------
@@ -329,3 +452,19 @@ def test_eval_checkpoint_without_training(smoke_runs, workdir):
 ])
 def test_bad_input(args, mentions, workdir):
     assert_bad_input(SCRIPT, *args, cwd=workdir, mentions=mentions)
+
+
+BAD_CHECKPOINTS = {
+    **bad_torch_checkpoints({"script": "dqn_cartpole.py", "q_network": {"net.0.weight": torch.zeros(256, 4)}}),
+    "other_game": lambda real: real.read_bytes(),  # Breakout's 4 actions, evaluated on Pong's 6
+}
+
+
+@pytest.mark.parametrize("name", BAD_CHECKPOINTS)
+def test_eval_checkpoint_rejects_other_files(smoke_runs, tmp_path, monkeypatch, capsys, name):
+    content = BAD_CHECKPOINTS[name](smoke_runs[0] / "dqn_atari.pt")
+    env_id = "PongNoFrameskip-v4" if name == "other_game" else "BreakoutNoFrameskip-v4"
+    line = assert_rejects_checkpoint(lambda path: d.train(d.Args(
+        env_id=env_id, eval_checkpoint=path, cuda=False, final_eval_episodes=1, eval_max_frames=400)),
+        content, tmp_path, monkeypatch, capsys)
+    assert ("--env-id" if name == "other_game" else "--save-model") in line, line

@@ -7,9 +7,12 @@ import gymnasium as gym
 import numpy as np
 import pytest
 import torch
+import torch.nn as nn
+from scipy.stats import chisquare
 
 import dqn_cartpole as dqn
-from conftest import assert_bad_input, check_run_contract, read_scalars, run_script
+from conftest import (assert_bad_input, assert_layer_grad_norms, assert_rejects_checkpoint, bad_torch_checkpoints,
+                      check_run_contract, read_scalars, run_script)
 
 SCRIPT = "dqn_cartpole.py"
 CPU = torch.device("cpu")
@@ -51,6 +54,18 @@ def test_buffer_samples_only_filled_slots():
     assert torch.equal(next_obs[:, 0], rewards + 0.5) and torch.equal(actions, rewards.long() % 2)
 
 
+def test_buffer_samples_uniformly_over_stored_transitions():
+    rb = dqn.ReplayBuffer(50, 4, CPU)
+    for v in range(1, 81):  # wrapped: slots hold transitions 31..80, the write head at slot 30
+        add_one(rb, v)
+    rewards = rb.sample(20_000, torch.Generator().manual_seed(0))[2].long()
+    counts = torch.bincount(rewards, minlength=81)
+    assert counts[:31].sum() == 0, "sampled an overwritten or unfilled slot"
+    # Chi-square goodness of fit to uniform over the 50 stored transitions (400 draws each expected):
+    # favouring the newest or skipping the oldest slots fails it by orders of magnitude.
+    assert chisquare(counts[31:].numpy()).pvalue > 1e-4
+
+
 # ---- Schedules ----
 def test_linear_schedule():
     assert dqn.linear_schedule(1.0, 0.04, 100, 0) == 1.0
@@ -76,6 +91,18 @@ def test_double_q_target_uses_online_argmax_and_target_value():
     assert target.item() == pytest.approx(2.0)
 
 
+@pytest.mark.parametrize("double_q", [False, True])
+def test_update_bootstraps_from_next_obs_unless_terminated(double_q):
+    q, target = nn.Linear(4, 2), nn.Linear(4, 2)
+    nn.init.zeros_(q.weight), nn.init.zeros_(q.bias)  # Q = 0 everywhere: the loss is Huber(0 - target)
+    nn.init.ones_(target.weight), nn.init.zeros_(target.bias)  # Q_target(s, .) = sum(s)
+    obs, next_obs = torch.zeros(2, 4), torch.full((2, 4), 0.25)
+    batch = (obs, torch.zeros(2, dtype=torch.long), torch.zeros(2), next_obs, torch.tensor([0.0, 1.0]))
+    loss, _ = dqn.dqn_update(q, target, torch.optim.SGD(q.parameters(), lr=0.0), batch, 1.0, double_q)
+    # Row 0 bootstraps from Q_target(s') = 1 (Huber 0.5), row 1 is terminal (target 0): mean 0.25.
+    assert loss.item() == pytest.approx(0.25)
+
+
 def test_sync_target_copies_without_aliasing():
     q, target = dqn.QNetwork(4, 2), dqn.QNetwork(4, 2)
     dqn.sync_target(q, target)
@@ -98,17 +125,53 @@ def test_update_moves_q_towards_target_and_keeps_adam_state():
     assert all(s["step"].item() == 20 for s in optimizer.state.values())
 
 
+# ---- Evaluation ----
+def test_evaluation_counts_each_episode_until_it_ends():
+    q = dqn.QNetwork(4, 2, 8)
+    nn.init.zeros_(q.net[-1].weight)
+    with torch.no_grad():
+        q.net[-1].bias.copy_(torch.tensor([1.0, 0.0]))  # always pushes left: episodes of 8-11 steps
+    returns = dqn.evaluate(q, "CartPole-v1", 4, seed=0, device=CPU)
+    expected = []
+    for i in range(4):  # env i of the vector env is reset with seed + i
+        env, steps, done = gym.make("CartPole-v1"), 0, False
+        env.reset(seed=i)
+        while not done:
+            _, _, terminated, truncated, _ = env.step(0)
+            steps, done = steps + 1, terminated or truncated
+        expected.append(float(steps))
+    assert len(set(expected)) > 1  # short episodes end while others run (and their envs reset)
+    assert returns == expected
+
+
 # ---- The training loop ----
-def test_training_keeps_one_optimizer_and_counts_updates(tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    """(args, summary, run directory) of one tiny training run with --save-model."""
+    cwd = tmp_path_factory.mktemp("tiny")
     args = tiny_args(save_model=True, train_frequency=4)
-    summary = dqn.train(args)
-    checkpoint = torch.load(tmp_path / "runs/tiny/dqn_cartpole.pt")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(cwd)
+        summary = dqn.train(args)
+    return args, summary, cwd / "runs/tiny"
+
+
+def test_training_keeps_one_optimizer_and_a_separate_target(tiny_run):
+    args, summary, run_dir = tiny_run
+    checkpoint = torch.load(run_dir / "dqn_cartpole.pt")
     expected_updates = (args.total_timesteps - args.learning_starts) // args.train_frequency
     assert summary["updates"] == checkpoint["updates"] == expected_updates
     # An Adam rebuilt every update would have restarted its step count (and moment estimates).
     steps = {int(s["step"]) for s in checkpoint["optimizer"]["state"].values()}
     assert steps == {expected_updates}
+    # Last sync at step 2816, then 46 updates: a target that is the online net (or synced every
+    # update) would equal it.
+    q, target = checkpoint["q_network"], checkpoint["target_network"]
+    assert not all(torch.equal(q[k], target[k]) for k in q)
+
+
+def test_gradient_norms_logged_per_layer(tiny_run):
+    assert_layer_grad_norms(tiny_run[2], [f"net.{i}" for i in (0, 2, 4)])
 
 
 def record_adds(monkeypatch):
@@ -176,8 +239,9 @@ def test_cli_run_contract_save_and_evaluate_checkpoint(workdir):
     summary = check_run_contract(workdir / "runs/smoke", SCRIPT, "CartPole-v1", 2, 2000)
     assert summary["final_eval"]["episodes"] == 3 and summary["device"] == "cpu"
     checkpoint = workdir / "runs/smoke/dqn_cartpole.pt"
+    # A buffer far too large for memory: evaluation builds none, so it must not be refused for it.
     proc = run_script(SCRIPT, "--eval-checkpoint", checkpoint, "--run-name", "ev", "--seed", "2",
-                      "--final-eval-episodes", "3", "--no-cuda", cwd=workdir)
+                      "--final-eval-episodes", "3", "--buffer-size", "100000000000", "--no-cuda", cwd=workdir)
     assert proc.returncode == 0, proc.stderr[-3000:]
     evaluated = json.loads((workdir / "runs/ev/summary.json").read_text())
     # The same weights and the same evaluation seeds give the same returns as at the end of training.
@@ -202,6 +266,21 @@ def test_help_lists_every_field_with_its_docstring(workdir):
 ])
 def test_bad_input_one_line_exit_2(workdir, args, mentions):
     assert_bad_input(SCRIPT, *args, cwd=workdir, mentions=mentions)
+
+
+BAD_CHECKPOINTS = {
+    **bad_torch_checkpoints({"script": "dqn_atari.py", "q_network": {"net.0.weight": torch.zeros(32, 4, 8, 8)}}),
+    "other_hidden_size": lambda real: real.read_bytes(),  # trained 256 wide, evaluated with --hidden-size 32
+}
+
+
+@pytest.mark.parametrize("name", BAD_CHECKPOINTS)
+def test_eval_checkpoint_rejects_other_files(tiny_run, tmp_path, monkeypatch, capsys, name):
+    content = BAD_CHECKPOINTS[name](tiny_run[2] / "dqn_cartpole.pt")
+    line = assert_rejects_checkpoint(lambda path: dqn.train(dqn.Args(
+        eval_checkpoint=path, cuda=False, final_eval_episodes=1,
+        hidden_size=32 if name == "other_hidden_size" else 256)), content, tmp_path, monkeypatch, capsys)
+    assert ("--hidden-size 256" if name == "other_hidden_size" else "--save-model") in line, line
 
 
 # ---- Learning ----

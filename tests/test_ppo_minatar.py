@@ -1,7 +1,8 @@
 """Tests of ppo_minatar_jax.py (MLP) and ppo_minatar_cnn_jax.py (CNN).
 
-Compilation dominates the cost, so pure pieces (GAE, loss, rollout, checkpoints) are tested directly,
-whole runs go through `train()` in-process with tiny budgets, and only a few runs use the CLI.
+Compilation dominates the cost, so pure pieces (GAE, loss, rollout, evaluation, checkpoints) are tested
+directly, in both scripts where the piece is shared, whole runs go through `train()` in-process with tiny
+budgets, and only a few runs use the CLI.
 """
 
 import json
@@ -24,11 +25,41 @@ import ppo_minatar_jax as mlp  # noqa: E402
 TINY = dict(num_envs=16, num_steps=16, num_minibatches=2, update_epochs=2, total_timesteps=1536,
             log_frequency=512, eval_frequency=768, eval_episodes=8, final_eval_episodes=8, cuda=False)
 TINY_CLI = [f"--{k.replace('_', '-')}={v}" for k, v in TINY.items() if k != "cuda"] + ["--no-cuda"]
+TINY_NET = {mlp: dict(hidden_sizes=(16,)), cnn: dict(channels=(4,), hidden_size=8)}
+# Tests of pieces the two scripts share run on both: a bug planted in either one must fail a test.
+BOTH = pytest.mark.parametrize("module", [mlp, cnn], ids=["mlp", "cnn"])
 
 
-def tiny_net(module, n_actions=3):
-    args = module.Args(hidden_sizes=(16,)) if module is mlp else module.Args(channels=(4,), hidden_size=8)
-    return module.ActorCritic(*module.make_networks(args, n_actions))
+@pytest.fixture(scope="module", autouse=True)
+def compile_once(tmp_path_factory):
+    """Each train() call jits new closures, so runs of one configuration would compile it again: with a
+    persistent cache (keyed by the compiled program) the later runs load it instead."""
+    from jax.experimental.compilation_cache import compilation_cache
+
+    before = jax.config.jax_compilation_cache_dir, jax.config.jax_persistent_cache_min_compile_time_secs
+    jax.config.update("jax_compilation_cache_dir", str(tmp_path_factory.mktemp("xla_cache")))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
+    compilation_cache.reset_cache()
+    yield
+    jax.config.update("jax_compilation_cache_dir", before[0])
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", before[1])
+    compilation_cache.reset_cache()
+
+
+def tiny_args(module, **kw):
+    return module.Args(**{**TINY, **TINY_NET[module], **kw})
+
+
+def tiny_net(module, n_actions=3, **kw):
+    return module.ActorCritic(*module.make_networks(tiny_args(module, **kw), n_actions))
+
+
+def tiny_runner(module, seed=0, **kw):
+    """A freshly initialized RunnerState of a tiny Breakout agent (TINY settings, tiny network)."""
+    args = tiny_args(module, **kw)
+    env, env_params = module.make_env(args.env_id)
+    init, _ = module.make_train(args, env, env_params, tiny_net(module, env.action_space(env_params).n, **kw))
+    return jax.jit(init)(jax.random.PRNGKey(seed))
 
 
 def random_batch(key, n=64, n_actions=3):
@@ -62,7 +93,8 @@ def gae_loop(rewards, values, next_values, terminated, dones, gamma, lam):
     return adv, adv + values
 
 
-def test_gae_matches_python_loop():
+@BOTH
+def test_gae_matches_python_loop(module):
     rng = np.random.default_rng(0)
     T, N = 20, 5
     rewards, values, next_values = rng.normal(size=(3, T, N))
@@ -70,8 +102,8 @@ def test_gae_matches_python_loop():
     truncated = (rng.random((T, N)) < 0.15) & ~terminated
     dones = terminated | truncated
     assert terminated.any() and truncated.any()
-    adv, ret = mlp.gae(*map(jnp.asarray, (rewards, values, next_values)), jnp.asarray(terminated, jnp.float32),
-                       jnp.asarray(dones, jnp.float32), 0.97, 0.9)
+    adv, ret = module.gae(*map(jnp.asarray, (rewards, values, next_values)), jnp.asarray(terminated, jnp.float32),
+                          jnp.asarray(dones, jnp.float32), 0.97, 0.9)
     for n in range(N):
         ref_adv, ref_ret = gae_loop(rewards[:, n], values[:, n], next_values[:, n], terminated[:, n],
                                     dones[:, n], 0.97, 0.9)
@@ -79,36 +111,41 @@ def test_gae_matches_python_loop():
         np.testing.assert_allclose(np.asarray(ret)[:, n], ref_ret, rtol=1e-5, atol=1e-5)
 
 
-def test_gae_terminated_vs_truncated():
+@BOTH
+def test_gae_terminated_vs_truncated(module):
     """Two one-step episodes with the same numbers: truncation bootstraps, termination does not."""
     r, v, v_next, gamma = jnp.array([[1.0, 1.0]]), jnp.array([[0.5, 0.5]]), jnp.array([[2.0, 2.0]]), 0.9
     terminated, dones = jnp.array([[1.0, 0.0]]), jnp.array([[1.0, 1.0]])
-    adv, ret = mlp.gae(r, v, v_next, terminated, dones, gamma, 0.95)
+    adv, ret = module.gae(r, v, v_next, terminated, dones, gamma, 0.95)
     np.testing.assert_allclose(adv[0], [1.0 - 0.5, 1.0 + 0.9 * 2.0 - 0.5], rtol=1e-6)
     # The trace is cut at an episode end: a later step's advantage does not leak backwards.
     r2 = jnp.array([[0.0], [100.0]])
-    adv2, _ = mlp.gae(r2, jnp.zeros((2, 1)), jnp.zeros((2, 1)), jnp.zeros((2, 1)), jnp.array([[1.0], [0.0]]),
-                      0.99, 0.95)
+    adv2, _ = module.gae(r2, jnp.zeros((2, 1)), jnp.zeros((2, 1)), jnp.zeros((2, 1)), jnp.array([[1.0], [0.0]]),
+                         0.99, 0.95)
     assert float(adv2[0, 0]) == 0.0
 
 
-def test_rollout_bootstraps_from_final_observation_not_reset():
+@BOTH
+def test_rollout_bootstraps_from_final_observation_not_reset(module):
     """Short time limit so truncations happen: V(final_observation) must be the bootstrap, and the
     transition across the auto-reset must join the last state of an episode to its real successor."""
-    env, env_params = mlp.make_env("Breakout-MinAtar")
+    env, env_params = module.make_env("Breakout-MinAtar")
     env_params = env_params.replace(max_steps_in_episode=7)
-    net = tiny_net(mlp)
+    net = tiny_net(module)
     key = jax.random.PRNGKey(0)
     obs, env_state = jax.vmap(env.reset, in_axes=(0, None))(jax.random.split(key, 8), env_params)
     params = net.init(key, obs)
     zeros = jnp.zeros(8)
-    run = jax.jit(partial(mlp.rollout, net, env, env_params, num_steps=30))
+    run = jax.jit(partial(module.rollout, net, env, env_params, num_steps=30))
     (_, last_obs, _, _, _), traj, stats = run(params, env_state, obs, key, zeros, zeros.astype(jnp.int32))
     o, nxt = np.asarray(traj.obs), np.asarray(traj.next_obs)
     done, term = np.asarray(traj.done, bool), np.asarray(traj.terminated, bool)
     following = np.concatenate([o[1:], np.asarray(last_obs)[None]])
     truncated = done & ~term
     assert truncated.sum() >= 8 and term.any()
+    # Fresh randomness at every step (classic bug: one key reused, so a near-uniform policy repeats the
+    # same action): every env's actions vary.
+    assert all(len(set(a)) > 1 for a in np.asarray(traj.action).T)
     # Within an episode the stored next state is the next observation; at an episode end it is not
     # the reset observation that follows.
     np.testing.assert_array_equal(nxt[~done], following[~done])
@@ -116,7 +153,7 @@ def test_rollout_bootstraps_from_final_observation_not_reset():
 
     # With lambda = 0 the target is the one-step TD target from the stored next state.
     gamma = 0.9
-    _, returns = mlp.advantages_and_returns(net, params, traj, gamma, 0.0)
+    _, returns = module.advantages_and_returns(net, params, traj, gamma, 0.0)
     v_final = np.asarray(net.values(params, traj.next_obs))
     v_reset = np.asarray(net.values(params, jnp.asarray(following)))
     r = np.asarray(traj.reward)
@@ -136,28 +173,84 @@ def test_rollout_bootstraps_from_final_observation_not_reset():
 
 
 # ---- Loss ----
-def test_entropy_coefficient_changes_the_gradient():
-    net, batch, params = tiny_problem(1)
-    g0, m0 = jax.grad(mlp.ppo_loss, has_aux=True)(params, net, batch, 0.2, 0.0, 0.5)
-    g1, m1 = jax.grad(mlp.ppo_loss, has_aux=True)(params, net, batch, 0.2, 0.1, 0.5)
-    diff = jax.tree.map(lambda a, b: float(jnp.abs(a - b).max()), g0, g1)
-    assert max(jax.tree.leaves(diff["actor"])) > 1e-6, "entropy bonus is not in the differentiated loss"
-    assert max(jax.tree.leaves(diff["critic"])) == 0.0
-    # Gradient of the bonus: ascending it raises the entropy.
-    step = jax.tree.map(lambda p, a, b: p - 10.0 * (b - a), params, g0, g1)
-    assert float(mlp.ppo_loss(step, net, batch, 0.2, 0.1, 0.5)[1]["entropy"]) > float(m1["entropy"])
+class TableNet:
+    """A "network" whose parameters are the logits and values themselves, so that the gradient of
+    ppo_loss is its gradient with respect to the log-probabilities' logits and the values."""
+
+    def logits(self, params, obs):
+        return params["actor"]
+
+    def values(self, params, obs):
+        return params["critic"]
 
 
-def test_advantages_are_normalized_per_minibatch():
-    net, batch, params = tiny_problem(3)
-    # Perturb the policy so that ratios differ from 1 and the clipped objective is non-trivial.
-    params = jax.tree.map(lambda p: p + 0.3 * jnp.sign(p), params)
-    scaled = {**batch, "advantages": 7.0 * batch["advantages"] + 3.0}
-    loss = lambda b, norm: float(mlp.ppo_loss(params, net, b, 0.2, 0.0, 0.0, norm_adv=norm)[1]["policy_loss"])
-    assert loss(batch, True) == pytest.approx(loss(scaled, True), rel=1e-4, abs=1e-6)
-    assert abs(loss(batch, False) - loss(scaled, False)) > 1e-3
-    x = mlp.normalize(batch["advantages"])
-    assert abs(float(x.mean())) < 1e-5 and float(x.std()) == pytest.approx(1.0, rel=1e-4)
+def ppo_loss_numpy(logits, values, batch, clip, ent_coef, vf_coef, norm_adv, clip_vloss):
+    """PPO's loss in float64, written after Schulman et al. 2017: the pessimistic minimum of the
+    unclipped and clipped surrogate objectives, the (clipped) squared value error, the entropy bonus."""
+    log_p = logits - np.log(np.exp(logits).sum(1, keepdims=True))
+    ratio = np.exp(log_p[np.arange(len(logits)), batch["action"]] - batch["log_prob"])
+    adv = batch["advantages"]
+    if norm_adv:
+        adv = (adv - adv.mean()) / (adv.std() + 1e-8)
+    surrogate = np.minimum(ratio * adv, np.clip(ratio, 1 - clip, 1 + clip) * adv)
+    v_err = (values - batch["returns"]) ** 2
+    if clip_vloss:
+        v_clipped = batch["value"] + np.clip(values - batch["value"], -clip, clip)
+        v_err = np.maximum(v_err, (v_clipped - batch["returns"]) ** 2)
+    parts = {"policy_loss": -surrogate.mean(), "value_loss": 0.5 * v_err.mean(),
+             "entropy": -(np.exp(log_p) * log_p).sum(1).mean(),
+             "approx_kl": (ratio - 1 - np.log(ratio)).mean(), "clipfrac": (np.abs(ratio - 1) > clip).mean()}
+    return parts["policy_loss"] - ent_coef * parts["entropy"] + vf_coef * parts["value_loss"], parts
+
+
+def clipping_case(seed=0):
+    """(logits, values, batch) of 16 samples: ratios below, inside and above [0.8, 1.2], each with
+    advantages of both signs (before and after normalization), and new values below, inside and above
+    the value clip around the rollout's, with returns on either side."""
+    rng = np.random.default_rng(seed)
+    logits, action = rng.normal(size=(16, 3)), rng.integers(0, 3, 16)
+    log_p = logits - np.log(np.exp(logits).sum(1, keepdims=True))
+    ratio = np.repeat([0.5, 0.9, 1.1, 1.6], 4)
+    m = rng.uniform(0.5, 2.0, 8)
+    adv = np.stack([m, -m], 1).ravel()  # mean 0: normalizing keeps every sign
+    old_value = rng.normal(size=16)
+    values = old_value + np.tile([-0.5, -0.1, 0.1, 0.5], 4)
+    batch = {"obs": np.zeros((16, 1)), "action": action, "log_prob": log_p[np.arange(16), action] - np.log(ratio),
+             "value": old_value, "advantages": 3.0 * adv + 1.0,
+             "returns": old_value + rng.choice([-1.0, 1.0], 16) * rng.uniform(0.3, 1.2, 16)}
+    return logits, values, batch
+
+
+def central_differences(f, x, h=1e-6):
+    grad = np.zeros_like(x)
+    for i in np.ndindex(x.shape):
+        dx = np.zeros_like(x)
+        dx[i] = h
+        grad[i] = (f(x + dx) - f(x - dx)) / (2 * h)
+    return grad
+
+
+@BOTH
+@pytest.mark.parametrize("norm_adv", [True, False])
+@pytest.mark.parametrize("clip_vloss", [False, True])
+def test_ppo_loss_matches_numpy_reference(module, norm_adv, clip_vloss):
+    """Value, parts and gradient (with respect to logits and values) of the script's loss against the
+    float64 reference; the gradient by central differences of the reference."""
+    logits, values, batch = clipping_case()
+    hyper = (0.2, 0.05, 0.7, norm_adv, clip_vloss)  # clip, entropy and value coefficients, switches
+    ref_loss, ref_parts = ppo_loss_numpy(logits, values, batch, *hyper)
+    assert 0 < ref_parts["clipfrac"] < 1
+    params = {"actor": jnp.asarray(logits, jnp.float32), "critic": jnp.asarray(values, jnp.float32)}
+    (loss, parts), grads = jax.value_and_grad(module.ppo_loss, has_aux=True)(
+        params, TableNet(), jax.tree.map(jnp.asarray, batch), *hyper)
+    assert float(loss) == pytest.approx(ref_loss, rel=1e-5)
+    for k, v in ref_parts.items():
+        assert float(parts[k]) == pytest.approx(v, rel=1e-5, abs=1e-6), k
+    ref = lambda lg, v: ppo_loss_numpy(lg, v, batch, *hyper)[0]
+    np.testing.assert_allclose(grads["actor"], central_differences(lambda lg: ref(lg, values), logits),
+                               rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(grads["critic"], central_differences(lambda v: ref(logits, v), values),
+                               rtol=1e-4, atol=1e-6)
 
 
 def test_layer_grad_norms_cover_every_layer():
@@ -170,12 +263,23 @@ def test_layer_grad_norms_cover_every_layer():
                                   rel=1e-4)
 
 
-def test_adam_state_carries_over_between_updates():
+# ---- Update ----
+@BOTH
+def test_epoch_minibatches_partition_the_batch_and_reshuffle(module):
+    idx = np.asarray(module.epoch_minibatches(jax.random.PRNGKey(0), 24, 3, 4))
+    assert idx.shape == (3, 4, 6)
+    for epoch in idx:  # every index exactly once per epoch
+        np.testing.assert_array_equal(np.sort(epoch.ravel()), np.arange(24))
+    assert not np.array_equal(idx[0].ravel(), np.arange(24))
+    assert len({epoch.tobytes() for epoch in idx}) == 3, "an epoch reuses another epoch's shuffle"
+
+
+@BOTH
+def test_adam_state_carries_over_between_updates(module):
     """One optimizer for the whole run (classic bug: rebuilt per update, losing Adam's moments)."""
-    args = mlp.Args(**{**TINY, "hidden_sizes": (16,)})
-    env, env_params = mlp.make_env(args.env_id)
-    net = mlp.ActorCritic(*mlp.make_networks(args, 3))
-    init, train_chunk = mlp.make_train(args, env, env_params, net)
+    args = tiny_args(module)
+    env, env_params = module.make_env(args.env_id)
+    init, train_chunk = module.make_train(args, env, env_params, tiny_net(module))
     runner = init(jax.random.PRNGKey(0))
     chunk = jax.jit(train_chunk)
     runner, sums = chunk(runner, 2)
@@ -187,19 +291,105 @@ def test_adam_state_carries_over_between_updates():
     assert float(sums["learning_rate"]) / 3 == pytest.approx(args.learning_rate * (1 - 3 / 6), rel=1e-5)
 
 
+# ---- Evaluation ----
+def evaluate_loop(net, env, env_params, episodes, params, key):
+    """evaluate() (sampled actions) as a plain Python loop over single gymnax envs, with its keys. Returns
+    each env's first-episode return, its length, and its return with the rewards after the end (the bug)."""
+    k_reset, key = jax.random.split(key)
+    states = [env.reset(k, env_params) for k in jax.random.split(k_reset, episodes)]
+    step = jax.jit(env.step)
+    returns, with_later, lengths, t = np.zeros(episodes), np.zeros(episodes), np.zeros(episodes, int), 0
+    while (lengths == 0).any():
+        key, k_act, k_env = jax.random.split(key, 3)
+        logits = net.logits(params, jnp.stack([obs for obs, _ in states]))
+        actions = jax.random.categorical(k_act, logits)
+        t += 1
+        for i, k in enumerate(jax.random.split(k_env, episodes)):
+            obs, state, reward, terminated, truncated, _ = step(k, states[i][1], actions[i], env_params)
+            states[i] = (obs, state)
+            with_later[i] += float(reward)
+            if lengths[i] == 0:
+                returns[i] += float(reward)
+                lengths[i] = t if terminated or truncated else 0
+    return returns, lengths, with_later
+
+
+@BOTH
+def test_evaluate_matches_a_plain_loop(module):
+    """One whole episode per env and nothing after it: SpaceInvaders with a 40-step limit, where
+    episodes end at different times (terminated or truncated) and envs score after their end."""
+    env, env_params = module.make_env("SpaceInvaders-MinAtar")
+    env_params = env_params.replace(max_steps_in_episode=40)
+    net = tiny_net(module, env.action_space(env_params).n)
+    params = net.init(jax.random.PRNGKey(0), jnp.zeros((1, *env.observation_space(env_params).shape)))
+    key = jax.random.PRNGKey(1)
+    evaluate = jax.jit(partial(module.evaluate, net, env, env_params, 8))
+    returns, lengths, with_later = evaluate_loop(net, env, env_params, 8, params, key)
+    assert len(set(lengths)) > 1 and not np.array_equal(returns, with_later)  # the case can tell
+    np.testing.assert_array_equal(np.asarray(evaluate(params, key, False)), returns)
+
+
+# ---- Checkpoints ----
 def test_checkpoint_round_trip(tmp_path):
-    args = mlp.Args(**{**TINY, "hidden_sizes": (16,)})
-    net = tiny_net(mlp)
-    params = net.init(jax.random.PRNGKey(0), jnp.zeros((1, 10, 10, 4)))
-    tx = mlp.make_optimizer(args)
-    opt_state = tx.init(params)
-    grads = jax.tree.map(jnp.ones_like, params)
-    _, opt_state = tx.update(grads, opt_state, params)
-    mlp.save_checkpoint(tmp_path / "c.msgpack", params, opt_state, 1234, args)
-    template = net.init(jax.random.PRNGKey(9), jnp.zeros((1, 10, 10, 4)))
-    p2, o2, step = mlp.load_checkpoint(str(tmp_path / "c.msgpack"), template, tx.init(template))
-    assert step == 1234
-    jax.tree.map(np.testing.assert_array_equal, (params, opt_state), (p2, o2))
+    """The whole training state comes back; for evaluation (whole=False) only the parameters."""
+    saved, template = tiny_runner(mlp, seed=0)._replace(update=jnp.int32(3)), tiny_runner(mlp, seed=9)
+    mlp.save_checkpoint(tmp_path / "c.msgpack", saved, 768, tiny_args(mlp))
+    restored, step = mlp.load_checkpoint(str(tmp_path / "c.msgpack"), template)
+    assert step == 768
+    jax.tree.map(np.testing.assert_array_equal, restored, saved)
+    params_only, _ = mlp.load_checkpoint(str(tmp_path / "c.msgpack"), template, whole=False)
+    jax.tree.map(np.testing.assert_array_equal, params_only, template._replace(params=saved.params))
+
+
+def write_bad_checkpoint(kind, module, path):
+    """A file that exists but that `module` can neither resume nor evaluate."""
+    def save(mod, **kw):
+        mod.save_checkpoint(path, tiny_runner(mod, **kw), 768, tiny_args(mod, **kw))
+
+    if kind == "garbage":
+        path.write_bytes(np.random.default_rng(0).bytes(4096))
+    elif kind == "empty":
+        path.write_bytes(b"")
+    elif kind == "truncated":
+        save(module)
+        path.write_bytes(path.read_bytes()[:-1000])
+    elif kind == "other_script":
+        save(cnn if module is mlp else mlp)
+    elif kind == "torch":
+        import torch
+
+        torch.save({"q_network": {"weight": torch.zeros(3, 4)}}, path)
+    elif kind == "other_sizes":
+        save(module, **{mlp: dict(hidden_sizes=(32,)), cnn: dict(channels=(8,), hidden_size=8)}[module])
+
+
+def assert_train_rejects(module, workdir, monkeypatch, capfd, mentions, **kw):
+    """conftest's assert_bad_input in-process: exit 2, one line naming `mentions`, no run directory."""
+    with pytest.raises(SystemExit) as stop:
+        run_train(module, workdir, monkeypatch, **TINY_NET[module], **kw)
+    lines = [line for line in capfd.readouterr().err.splitlines() if line.strip()]
+    assert stop.value.code == 2 and len(lines) == 1, lines
+    assert all(word in lines[0] for word in mentions), lines[0]
+    assert not (workdir / "runs").exists()
+
+
+@BOTH
+@pytest.mark.parametrize("flag", ["eval_checkpoint", "load_checkpoint"])
+@pytest.mark.parametrize("kind", ["garbage", "empty", "truncated", "other_script", "torch", "other_sizes"])
+def test_foreign_checkpoint_is_bad_input(module, flag, kind, workdir, monkeypatch, capfd):
+    path = workdir / "checkpoint.msgpack"
+    write_bad_checkpoint(kind, module, path)
+    other = [(cnn if module is mlp else mlp).SCRIPT] if kind == "other_script" else []
+    assert_train_rejects(module, workdir, monkeypatch, capfd, [str(path), *other], **{flag: str(path)})
+
+
+@pytest.mark.parametrize("kw,flag", [(dict(total_timesteps=768), "--total-timesteps"),
+                                     (dict(num_steps=8), "--num-steps")])
+def test_load_checkpoint_must_fit_the_run(kw, flag, workdir, monkeypatch, capfd):
+    """A checkpoint that has trained --total-timesteps already, or with other rollouts, is bad input."""
+    path = workdir / "checkpoint.msgpack"
+    mlp.save_checkpoint(path, tiny_runner(mlp)._replace(update=jnp.int32(3)), 768, tiny_args(mlp))
+    assert_train_rejects(mlp, workdir, monkeypatch, capfd, [str(path), flag], load_checkpoint=str(path), **kw)
 
 
 def test_cnn_default_parameter_count():
@@ -252,6 +442,33 @@ def test_num_seeds_matches_single_seed_runs_and_is_deterministic(workdir, monkey
     assert not np.array_equal(series(workdir / "runs" / "s2")["losses/value_loss"], a["losses/value_loss"])
 
 
+@BOTH
+def test_load_checkpoint_resumes_the_run(module, workdir, monkeypatch):
+    """Run A trains 3 updates and saves; B resumes it to 6; C trains 6 at once. With a constant learning
+    rate B is the second half of C: same losses, episodes, evaluations, steps and final training state.
+    With annealing, B's first learning rate is C's at that update."""
+    half, ckpt_name = TINY["total_timesteps"] // 2, Path(module.SCRIPT).stem + ".msgpack"
+    run = partial(run_train, module, workdir, monkeypatch, **TINY_NET[module])
+    run(run_name="a", total_timesteps=half, anneal_lr=False, save_model=True)
+    ckpt = str(workdir / "runs" / "a" / ckpt_name)
+    (b,) = run(run_name="b", load_checkpoint=ckpt, anneal_lr=False, save_model=True)
+    run(run_name="c", anneal_lr=False, save_model=True)
+    assert b["start_step"] == half and b["total_timesteps"] == TINY["total_timesteps"]
+    scalars = {name: read_scalars(workdir / "runs" / name) for name in ("b", "c")}
+    for tag in ("losses/policy_loss", "losses/value_loss", "losses/entropy", "losses/approx_kl",
+                "charts/episodic_return", "eval/episodic_return"):
+        assert scalars["b"][tag] == [(step, v) for step, v in scalars["c"][tag] if step > half], tag
+    template = tiny_runner(module, seed=9)
+    final_b, final_c = (module.load_checkpoint(str(workdir / "runs" / name / ckpt_name), template)
+                        for name in ("b", "c"))
+    jax.tree.map(np.testing.assert_array_equal, final_b, final_c)
+
+    run(run_name="b_anneal", load_checkpoint=ckpt)
+    run(run_name="c_anneal")
+    (step, lr), *_ = read_scalars(workdir / "runs" / "b_anneal")["charts/learning_rate"]
+    assert step > half and lr == dict(read_scalars(workdir / "runs" / "c_anneal")["charts/learning_rate"])[step]
+
+
 # Freeway only ends by its 2500-step time limit: 2 envs x 2560 steps see one episode end each.
 FREEWAY = dict(num_envs=2, num_steps=128, total_timesteps=5120, log_frequency=1024, eval_frequency=2560)
 
@@ -279,7 +496,7 @@ def test_learns_breakout(workdir, monkeypatch):
 
 
 # ---- CLI ----
-def test_cli_run_contract_checkpoint_eval_and_continue(workdir):
+def test_cli_run_contract_checkpoint_and_eval(workdir):
     proc = run_script("ppo_minatar_jax.py", *TINY_CLI, "--num-seeds", 2, "--run-name", "cli", "--save-model",
                       cwd=workdir)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -309,12 +526,6 @@ def test_cli_run_contract_checkpoint_eval_and_continue(workdir):
     other.mkdir()
     assert_bad_input("ppo_minatar_jax.py", "--no-cuda", "--hidden-sizes", 32, "--eval-checkpoint", ckpt,
                      cwd=other, mentions=[str(ckpt), "--env-id"])
-    # Continuing from it: parameters and Adam state are loaded, the run is counted on from there.
-    proc = run_script("ppo_minatar_jax.py", *TINY_CLI, "--seed", 2, "--run-name", "cont", "--load-checkpoint", ckpt,
-                      "--save-model", cwd=workdir)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    cont = json.loads((workdir / "runs" / "cont" / "summary.json").read_text())
-    assert cont["start_step"] == 1536
 
 
 def test_cnn_cli_run_contract_and_video(workdir):
