@@ -2,6 +2,7 @@
 
     python a2c_atari.py                                    # Breakout, 10M steps, the defaults below
     python a2c_atari.py --env-id PongNoFrameskip-v4 --seed 2 --save-model
+    python a2c_atari.py --resume runs/<run>                # continue a killed run from its last checkpoint
     python a2c_atari.py --env-id BreakoutNoFrameskip-v4 --eval-checkpoint runs/<run>/a2c_atari.pt
     python a2c_atari.py --help                             # every option
 
@@ -13,8 +14,8 @@ rollout (never from the intermediate values) and cut to zero at a terminal. Shar
 
 Environments: ale-py's AtariVectorEnv (C++ threads) with the Nature preprocessing, as in
 dqn_atari.py: frameskip 4 with max-pool over the last two frames, 84x84 grayscale, a 4-frame stack,
-up to 30 no-op starts, FIRE on reset, no sticky actions, minimal action set. Atari specifics, each a
-classic bug when done wrong:
+up to 30 no-op starts, FIRE on reset, sticky actions as the env id defines them, minimal action set.
+Atari specifics, each a classic bug when done wrong:
 - Rewards are clipped to [-1, 1] in the loss only; logged and evaluated scores are raw scores of
   whole games (all lives). A lost life ends the return chain (read from `info["lives"]`) while the
   env keeps its gymnasium meaning (terminated = game over, truncated = frame cap).
@@ -29,11 +30,13 @@ import os
 import platform
 import random
 import re
+import shutil
 import sys
 import time
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
-from typing import Optional
+from typing import NamedTuple
 
 import ale_py
 import gymnasium as gym
@@ -57,12 +60,13 @@ TRAIN_MAX_FRAMES = 108_000  # 30 minutes of play: the usual frame cap of a train
 @dataclass
 class Args:
     env_id: str = "BreakoutNoFrameskip-v4"
-    """gymnasium Atari id (BreakoutNoFrameskip-v4, PongNoFrameskip-v4, ALE/Breakout-v5, ...); only the game is taken from it"""
+    """gymnasium Atari id (BreakoutNoFrameskip-v4, PongNoFrameskip-v4, ALE/Breakout-v5, ...); the game and its
+    sticky-action default are taken from it"""
     seed: int = 1
     """seed of python, numpy, torch and the environments"""
     total_timesteps: int = 10_000_000
     """environment steps to train for (summed over all envs; one step is 4 frames)"""
-    run_name: Optional[str] = None
+    run_name: str | None = None
     """name of the run directory under runs/ (default: <env-id>__<script>__<seed>__<unix time>)"""
     cuda: bool = True
     """use CUDA when it is available (the network and the update then live on the GPU)"""
@@ -75,8 +79,17 @@ class Args:
     """record one evaluation episode to runs/<run-name>/videos/ at the end"""
     save_model: bool = False
     """save the network and optimizer state to runs/<run-name>/a2c_atari.pt"""
-    eval_checkpoint: Optional[str] = None
-    """path of a checkpoint written by --save-model: evaluate it, write a summary, do not train"""
+    eval_checkpoint: str | None = None
+    """path of a checkpoint (--save-model's or runs/<run>/checkpoint): evaluate it, write a summary, do not train"""
+    checkpoint_frequency: int = 500_000
+    """environment steps between checkpoints to runs/<run-name>/checkpoint (0: none); every env starts a new
+    game after a checkpoint"""
+    resume: str | None = None
+    """runs/<run-name> of an interrupted run: continue it in place from its last checkpoint, with the arguments
+    it was started with"""
+    sticky_action_prob: float | None = None
+    """probability that an env repeats its previous action instead of the chosen one, in training and
+    evaluation (default: the env id's own, 0.25 for ALE/*-v5 and *-v0, 0.0 for *NoFrameskip-v4)"""
 
     num_envs: int = 16
     """parallel environments collecting experience (C++ threads)"""
@@ -112,7 +125,7 @@ class Args:
     """frame cap of an evaluation episode (Nature: 18,000 frames, 5 minutes of play)"""
 
 
-def game_name(env_id: str) -> Optional[str]:
+def game_name(env_id: str) -> str | None:
     """ROM name AtariVectorEnv wants ("breakout") for a gymnasium id ("BreakoutNoFrameskip-v4"), or None."""
     m = re.fullmatch(r"(?:ALE/)?([A-Z][A-Za-z0-9]*?)(?:NoFrameskip|Deterministic)?-v[045]", env_id)
     if m is None:
@@ -121,33 +134,15 @@ def game_name(env_id: str) -> Optional[str]:
     return name if name in roms.get_all_rom_ids() else None
 
 
-def check_args(args: Args) -> str:
-    """Stops with a one-line error (exit 2) on input that cannot work; returns the ROM name."""
-    for name in ("total_timesteps", "num_envs", "num_steps", "torch_threads", "log_frequency", "eval_frequency",
-                 "eval_episodes", "final_eval_episodes", "eval_max_frames"):
-        if getattr(args, name) <= 0:
-            fail(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
-    if args.total_timesteps < args.num_envs * args.num_steps:
-        fail(f"--total-timesteps {args.total_timesteps} is less than one rollout (--num-envs x --num-steps "
-             f"= {args.num_envs * args.num_steps}); raise it or lower --num-envs/--num-steps")
-    if not 0.0 < args.gamma <= 1.0 or not 0.0 <= args.gae_lambda <= 1.0:
-        fail("--gamma must be in (0, 1] and --gae-lambda in [0, 1]")
-    if args.learning_rate <= 0 or args.max_grad_norm <= 0 or args.rmsprop_eps <= 0 or not 0 <= args.rmsprop_alpha < 1:
-        fail("--learning-rate, --max-grad-norm and --rmsprop-eps must be positive, --rmsprop-alpha in [0, 1)")
-    if args.ent_coef < 0 or args.vf_coef < 0:
-        fail("--ent-coef and --vf-coef must be 0 or more")
-    if args.eval_checkpoint is not None and not Path(args.eval_checkpoint).is_file():
-        fail(f"--eval-checkpoint {args.eval_checkpoint} does not exist; pass a file written by --save-model")
-    game = game_name(args.env_id)
-    if game is None:
-        fail(f"unknown --env-id {args.env_id!r}; use a gymnasium Atari id such as BreakoutNoFrameskip-v4, "
-             "PongNoFrameskip-v4 or ALE/Breakout-v5")
-    return game
-
-
 # ==== Environment ====
-def make_envs(game: str, num_envs: int, seed: int, max_frames: int = TRAIN_MAX_FRAMES,
-              rgb: bool = False):
+def make_envs(
+    game: str,
+    num_envs: int,
+    seed: int,
+    sticky_action_prob: float = 0.0,
+    max_frames: int = TRAIN_MAX_FRAMES,
+    rgb: bool = False,
+):
     """Nature-preprocessed vector envs with NEXT_STEP autoreset, reset with seeds seed..seed+num_envs-1.
 
     Returns (envs, obs, info). Rewards are raw (clipped in the loss only, so scores stay scores);
@@ -155,15 +150,43 @@ def make_envs(game: str, num_envs: int, seed: int, max_frames: int = TRAIN_MAX_F
     (life losses are read from info["lives"], see transition_flags). `rgb` gives unstacked 210x160 RGB
     frames of the same game for videos.
     """
-    image = dict(grayscale=False, img_height=210, img_width=160, stack_num=1) if rgb else \
-        dict(grayscale=True, img_height=FRAME_SHAPE[0], img_width=FRAME_SHAPE[1], stack_num=STACK)
+    image = (
+        dict(grayscale=False, img_height=210, img_width=160, stack_num=1)
+        if rgb
+        else dict(grayscale=True, img_height=FRAME_SHAPE[0], img_width=FRAME_SHAPE[1], stack_num=STACK)
+    )
     envs = AtariVectorEnv(
-        game, num_envs, frameskip=4, maxpool=True, noop_max=NOOP_MAX, use_fire_reset=True,
-        repeat_action_probability=0.0, max_num_frames_per_episode=max_frames,
-        episodic_life=False, life_loss_info=False, reward_clipping=False,
-        num_threads=min(num_envs, os.cpu_count() or 1), **image)
+        game,
+        num_envs,
+        frameskip=4,
+        maxpool=True,
+        noop_max=NOOP_MAX,
+        use_fire_reset=True,
+        repeat_action_probability=sticky_action_prob,
+        max_num_frames_per_episode=max_frames,
+        episodic_life=False,
+        life_loss_info=False,
+        reward_clipping=False,
+        num_threads=min(num_envs, os.cpu_count() or 1),
+        **image,
+    )
     obs, info = envs.reset(seed=seed)
     return envs, obs, info
+
+
+def sticky_prob(args: Args) -> float:
+    """--sticky-action-prob, or the env id's own (gymnasium's ALE ids: -v0 and -v5 sticky, -v4 not)."""
+    if args.sticky_action_prob is not None:
+        return args.sticky_action_prob
+    return 0.0 if args.env_id.endswith("-v4") else 0.25
+
+
+def action_count(game: str) -> int:
+    """Size of the game's minimal action set."""
+    probe = AtariVectorEnv(game, 1)
+    n = int(probe.single_action_space.n)
+    probe.close()
+    return n
 
 
 def transition_flags(terminations, truncations, lives, prev_lives, autoreset):
@@ -194,11 +217,15 @@ class ActorCritic(nn.Module):
     def __init__(self, n_actions: int):
         super().__init__()
         self.trunk = nn.Sequential(
-            layer_init(nn.Conv2d(4, 32, 8, stride=4)), nn.ReLU(),
-            layer_init(nn.Conv2d(32, 64, 4, stride=2)), nn.ReLU(),
-            layer_init(nn.Conv2d(64, 64, 3, stride=1)), nn.ReLU(),
+            layer_init(nn.Conv2d(4, 32, 8, stride=4)),
+            nn.ReLU(),
+            layer_init(nn.Conv2d(32, 64, 4, stride=2)),
+            nn.ReLU(),
+            layer_init(nn.Conv2d(64, 64, 3, stride=1)),
+            nn.ReLU(),
             nn.Flatten(),
-            layer_init(nn.Linear(64 * 7 * 7, 512)), nn.ReLU(),
+            layer_init(nn.Linear(64 * 7 * 7, 512)),
+            nn.ReLU(),
         )
         # Small policy init: near-uniform initial policy; unit-scale value init.
         self.policy = layer_init(nn.Linear(512, n_actions), std=0.01)
@@ -223,21 +250,23 @@ class Rollout:
     `terminated` ends the return chain (a lost life or game over); `truncated` is the frame cap,
     which bootstraps from the value of the episode's last state.
     """
-    obs: torch.Tensor         # (T, E, 4, 84, 84) uint8
-    actions: torch.Tensor     # (T, E) long
-    values: torch.Tensor      # (T, E) V(obs) at acting time
-    rewards: torch.Tensor     # (T, E) clipped to [-1, 1]
+
+    obs: torch.Tensor  # (T, E, 4, 84, 84) uint8
+    actions: torch.Tensor  # (T, E) long
+    values: torch.Tensor  # (T, E) V(obs) at acting time
+    rewards: torch.Tensor  # (T, E) clipped to [-1, 1]
     terminated: torch.Tensor  # (T, E) float
-    truncated: torch.Tensor   # (T, E) float
-    valid: torch.Tensor       # (T, E) float, 0 on autoreset steps
+    truncated: torch.Tensor  # (T, E) float
+    valid: torch.Tensor  # (T, E) float, 0 on autoreset steps
     next_value: torch.Tensor  # (E,) V(s_{t+N})
 
 
 class RolloutCollector:
     """Steps the envs one rollout at a time, carrying the running state (obs, lives, scores) between rollouts."""
 
-    def __init__(self, envs, obs: np.ndarray, info: dict, num_steps: int, device: torch.device,
-                 generator: torch.Generator):
+    def __init__(
+        self, envs, obs: np.ndarray, info: dict, num_steps: int, device: torch.device, generator: torch.Generator
+    ):
         self.envs, self.obs, self.lives = envs, obs, info["lives"]
         self.num_steps, self.device, self.generator = num_steps, device, generator
         n = envs.num_envs
@@ -260,8 +289,9 @@ class RolloutCollector:
             action = sample_actions(logits, self.generator)
             next_obs, reward, terminations, truncations, info = self.envs.step(action.cpu().numpy())
 
-            live, td_terminal, episode_end = transition_flags(terminations, truncations, info["lives"],
-                                                              self.lives, self.autoreset)
+            live, td_terminal, episode_end = transition_flags(
+                terminations, truncations, info["lives"], self.lives, self.autoreset
+            )
             self.lives = info["lives"]
             # Raw rewards summed over the whole game: the score, not the clipped learning signal.
             self.ep_return[live] += reward[live]
@@ -278,12 +308,6 @@ class RolloutCollector:
             self.autoreset, self.obs = episode_end, next_obs
         _, next_value = agent(torch.as_tensor(self.obs, device=dev))
         return Rollout(obs_buf, actions, values, rewards, terminated, truncated, valid, next_value), finished
-
-
-# ==== Schedules ====
-def linear_schedule(start: float, end: float, duration: float, t: float) -> float:
-    """`start` at t=0, `end` from t=duration on, linear in between."""
-    return end + (start - end) * max(0.0, 1.0 - t / duration)
 
 
 # ==== Loss ====
@@ -325,8 +349,9 @@ def returns_and_advantages(rollout: Rollout, gamma: float, gae_lambda: float):
     if gae_lambda == 1.0:
         returns = nstep_returns(r.rewards, r.values, r.next_value, r.terminated, r.valid, gamma)
         return returns, returns - r.values
-    advantages = gae_advantages(r.rewards, r.values, r.next_value, r.terminated, r.truncated, r.valid,
-                                gamma, gae_lambda)
+    advantages = gae_advantages(
+        r.rewards, r.values, r.next_value, r.terminated, r.truncated, r.valid, gamma, gae_lambda
+    )
     return advantages + r.values, advantages
 
 
@@ -352,6 +377,12 @@ def explained_variance(values: torch.Tensor, returns: torch.Tensor, valid: torch
     v, r = values[valid > 0], returns[valid > 0]
     var_r = r.var(unbiased=False)
     return float("nan") if var_r == 0 else float(1.0 - (r - v).var(unbiased=False) / var_r)
+
+
+# ==== Update ====
+def linear_schedule(start: float, end: float, duration: float, t: float) -> float:
+    """`start` at t=0, `end` from t=duration on, linear in between."""
+    return end + (start - end) * max(0.0, 1.0 - t / duration)
 
 
 class TFRMSprop(torch.optim.Optimizer):
@@ -392,14 +423,24 @@ def grad_norms(agent: ActorCritic) -> dict:
     return norms
 
 
-def a2c_update(agent, optimizer, rollout: Rollout, args: Args, lr: float) -> dict:
-    """One gradient step on a rollout; returns diagnostics (floats)."""
+def a2c_update(agent, optimizer, rollout: Rollout, args: Args, lr: float, finite: torch.Tensor) -> dict:
+    """One gradient step on a rollout; returns diagnostics (floats). `finite` (a device-side bool) is and-ed
+    in place with isfinite(loss): reading it back is the caller's, once, not a sync per use."""
     returns, advantages = returns_and_advantages(rollout, args.gamma, args.gae_lambda)
     T, E = rollout.actions.shape
     logits, values = agent(rollout.obs.reshape(T * E, *rollout.obs.shape[2:]))
     valid = rollout.valid.reshape(-1)
-    loss, parts = a2c_loss(logits, values, rollout.actions.reshape(-1), advantages.reshape(-1),
-                           returns.reshape(-1), valid, args.vf_coef, args.ent_coef)
+    loss, parts = a2c_loss(
+        logits,
+        values,
+        rollout.actions.reshape(-1),
+        advantages.reshape(-1),
+        returns.reshape(-1),
+        valid,
+        args.vf_coef,
+        args.ent_coef,
+    )
+    finite &= torch.isfinite(loss)
     for group in optimizer.param_groups:
         group["lr"] = lr
     optimizer.zero_grad(set_to_none=True)
@@ -407,46 +448,289 @@ def a2c_update(agent, optimizer, rollout: Rollout, args: Args, lr: float) -> dic
     layer_norms = grad_norms(agent)
     grad_norm = nn.utils.clip_grad_norm_(agent.parameters(), args.max_grad_norm)
     optimizer.step()
-    return {"loss": loss.item(), **{k: v.item() for k, v in parts.items()}, "grad_norm": grad_norm.item(),
-            "explained_variance": explained_variance(rollout.values.reshape(-1), returns.reshape(-1), valid),
-            "layer_grad_norms": layer_norms}
+    return {
+        "loss": loss.item(),
+        **{k: v.item() for k, v in parts.items()},
+        "grad_norm": grad_norm.item(),
+        "explained_variance": explained_variance(rollout.values.reshape(-1), returns.reshape(-1), valid),
+        "layer_grad_norms": layer_norms,
+    }
 
 
 # ==== Evaluation ====
+class Episodes(NamedTuple):
+    returns: list
+    lengths: list
+    truncated: list  # ended by the frame cap, not by the game
+
+
 @torch.no_grad()
-def evaluate(agent, game: str, episodes: int, seed: int, device, max_frames: int = 18_000,
-             video_dir: Optional[str] = None):
-    """(returns, lengths) of `episodes` whole games, one per env, run in parallel.
+def evaluate(
+    agent,
+    game: str,
+    episodes: int,
+    seed: int,
+    device,
+    max_frames: int = 18_000,
+    video_dir: str | None = None,
+    sticky_action_prob: float = 0.0,
+) -> Episodes:
+    """`episodes` whole games, one per env, run in parallel.
 
     Actions sampled from the policy, up to 30 no-op starts, games capped at `max_frames` frames, raw
     scores; life losses do not end an episode. One episode per env: counting the first N episodes
     to finish across envs would favour short ones. Lengths are agent steps (4 frames each).
     """
-    envs, obs, _ = make_envs(game, episodes, seed, max_frames)
+    envs, obs, _ = make_envs(game, episodes, seed, sticky_action_prob, max_frames)
     generator = torch.Generator(device=device).manual_seed(seed)
     returns = np.zeros(episodes)
     lengths = np.zeros(episodes, dtype=np.int64)
-    running = np.ones(episodes, dtype=bool)
+    running, cut = np.ones(episodes, dtype=bool), np.zeros(episodes, dtype=bool)
     while running.any():
         actions = sample_actions(agent(torch.as_tensor(obs, device=device))[0], generator).cpu().numpy()
         obs, rewards, terminations, truncations, _ = envs.step(actions)
         returns += rewards * running
         lengths += running
+        cut |= truncations & ~terminations & running
         running &= ~(terminations | truncations)
     envs.close()
     if video_dir is not None:
-        record_video(agent, game, seed, device, video_dir, max_frames)
-    return returns.tolist(), lengths.tolist()
+        record_video(agent, game, seed, device, video_dir, max_frames, sticky_action_prob)
+    return Episodes(returns.tolist(), lengths.tolist(), cut.tolist())
+
+
+# ==== Training ====
+def seed_everything(seed: int, torch_deterministic: bool) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    torch.backends.cudnn.deterministic = torch_deterministic
+
+
+def train(args: Args, game: str, n_actions: int, run_dir: Path, checkpoint: dict | None = None) -> dict:
+    """Trains the actor-critic; with a `checkpoint` (--resume) the run continues exactly where it was saved."""
+    device = torch.device("cuda" if torch.cuda.is_available() and args.cuda else "cpu")
+    seed_everything(args.seed, args.torch_deterministic)
+    agent = ActorCritic(n_actions).to(device)
+    # Created once: rebuilding it inside the loop would reset the squared-gradient averages.
+    optimizer = TFRMSprop(agent.parameters(), lr=args.learning_rate, alpha=args.rmsprop_alpha, eps=args.rmsprop_eps)
+    generator = torch.Generator(device=device).manual_seed(args.seed)
+    batch = args.num_envs * args.num_steps
+    num_updates = args.total_timesteps // batch
+    global_step = done_updates = evals = 0
+    if checkpoint is not None:
+        global_step, done_updates, evals = (checkpoint[k] for k in ("global_step", "updates", "evals"))
+        agent.load_state_dict(checkpoint["agent"])
+        optimizer.load_state_dict(checkpoint["optimizer"])
+        set_rng_states(checkpoint["rng"], generator)
+    log = RunLog(
+        run_dir, args, SummaryWriter, num_updates * batch, env_settings(args), checkpoint["log"] if checkpoint else None
+    )
+    sticky, eval_seed = args.sticky_action_prob, args.seed + 100_000  # evaluation games are not the training games
+    # Games start at step 0 and again after every checkpoint, seeded by the step: a resumed run
+    # restarts them exactly as the uninterrupted run did.
+    collector = RolloutCollector(
+        *make_envs(game, args.num_envs, args.seed + global_step, sticky), args.num_steps, device, generator
+    )
+    finite = torch.ones((), dtype=torch.bool, device=device)
+    for update in range(done_updates, num_updates):
+        rollout, finished = collector.collect(agent)
+        global_step += batch
+        for score, length in finished:
+            log.episode(global_step, score, length)
+
+        # Linear from the full rate at the first update to 0 after the last one.
+        lr = linear_schedule(args.learning_rate, 0.0, num_updates, update) if args.anneal_lr else args.learning_rate
+        stats = a2c_update(agent, optimizer, rollout, args, lr, finite)
+        # Read every update, not at logging time only: the next rollout samples actions from the policy, and
+        # NaN probabilities would crash torch.multinomial. No extra wait: the rollout reads actions back anyway.
+        log.stop_unless_finite(bool(finite), global_step, "loss")
+        if update % args.log_frequency == 0 or update == num_updates - 1:
+            log.scalars(
+                global_step,
+                {
+                    **{
+                        f"losses/{k}": stats[k]
+                        for k in ("loss", "policy_loss", "value_loss", "entropy", "explained_variance", "grad_norm")
+                    },
+                    **{f"grad_norms/{k}": v for k, v in stats["layer_grad_norms"].items()},
+                    "charts/learning_rate": lr,
+                },
+            )
+
+        if global_step // args.eval_frequency > evals or update == num_updates - 1:
+            evals, start = global_step // args.eval_frequency, time.time()
+            episodes = evaluate(
+                agent,
+                game,
+                args.eval_episodes,
+                eval_seed + evals,
+                device,
+                args.eval_max_frames,
+                sticky_action_prob=sticky,
+            )
+            log.evaluation(global_step, episodes, time.time() - start)
+        if args.checkpoint_frequency and global_step % args.checkpoint_frequency < batch and update < num_updates - 1:
+            log.stop_unless_finite(bool(finite) and all_finite(agent), global_step, "loss or network parameters")
+            state = {
+                "script": SCRIPT,
+                "args": dataclasses.asdict(args),
+                "log": log.state(global_step),
+                "global_step": global_step,
+                "updates": update + 1,
+                "evals": evals,
+                "agent": agent.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "rng": rng_states(generator),
+            }
+            log.checkpoint(global_step, partial(torch.save, state), 2**25)
+            # ALE games cannot be saved: the unfinished ones end here, unreported. Their last step already
+            # bootstrapped from V(next obs), which is the truncation treatment.
+            collector.envs.close()
+            collector = RolloutCollector(
+                *make_envs(game, args.num_envs, args.seed + global_step, sticky), args.num_steps, device, generator
+            )
+        log.progress(global_step)
+    collector.envs.close()
+
+    start = time.time()
+    final = evaluate(
+        agent, game, args.final_eval_episodes, eval_seed, device, args.eval_max_frames, log.video_dir, sticky
+    )
+    if args.save_model:
+        torch.save(
+            {
+                "script": SCRIPT,
+                "agent": agent.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "global_step": global_step,
+                "updates": num_updates,
+                "args": dataclasses.asdict(args),
+            },
+            run_dir / f"{Path(SCRIPT).stem}.pt",
+        )
+    return log.finish(
+        global_step, final, time.time() - start, device.type, versions(torch, gym, np, ale_py), updates=num_updates
+    )
+
+
+def evaluate_checkpoint(args: Args, game: str, n_actions: int) -> dict:
+    """--eval-checkpoint: the final evaluation of a saved agent, written as a run of its own."""
+    device = torch.device("cuda" if torch.cuda.is_available() and args.cuda else "cpu")
+    checkpoint = load_checkpoint(args.eval_checkpoint, "--eval-checkpoint")
+    agent = ActorCritic(n_actions).to(device)
+    try:
+        agent.load_state_dict(checkpoint["agent"])
+    except RuntimeError:  # another game's action count: the policy head's size differs
+        fail(
+            f"--eval-checkpoint {args.eval_checkpoint} does not fit the network of --env-id {args.env_id}; "
+            f"pass the --env-id it was trained on ({checkpoint['args']['env_id']})"
+        )
+    log = RunLog(new_run_dir(args), args, SummaryWriter, checkpoint["global_step"], env_settings(args))
+    start = time.time()
+    final = evaluate(
+        agent,
+        game,
+        args.final_eval_episodes,
+        args.seed + 100_000,
+        device,
+        args.eval_max_frames,
+        log.video_dir,
+        args.sticky_action_prob,
+    )
+    log.evaluation(checkpoint["global_step"], final, time.time() - start)
+    return log.finish(
+        checkpoint["global_step"],
+        final,
+        0.0,
+        device.type,
+        versions(torch, gym, np, ale_py),
+        checkpoint=str(args.eval_checkpoint),
+        sps=sum(final.lengths) / log.wall_time(),
+    )
+
+
+def main(args: Args) -> dict:
+    """Checks everything that can be checked before heavy work, then evaluates, trains or resumes."""
+    checkpoint = None
+    if args.resume is not None:
+        checkpoint = load_checkpoint(resume_path(args.resume), "--resume")
+        args = dataclasses.replace(Args(**checkpoint["args"]), resume=args.resume)
+    game = check_args(args)
+    n_actions = action_count(game)
+    args = dataclasses.replace(args, sticky_action_prob=sticky_prob(args))  # recorded as run
+    torch.set_num_threads(args.torch_threads)
+    if args.eval_checkpoint is not None:
+        return evaluate_checkpoint(args, game, n_actions)
+    return train(args, game, n_actions, Path(args.resume) if checkpoint else new_run_dir(args), checkpoint)
+
+
+# ==== Appendix: run bookkeeping (logs, summary, checkpoints, checks; nothing here affects learning) ====
+def check_args(args: Args) -> str:
+    """Stops with a one-line error (exit 2) on input that cannot work; returns the ROM name."""
+    for name in (
+        "total_timesteps",
+        "num_envs",
+        "num_steps",
+        "torch_threads",
+        "log_frequency",
+        "eval_frequency",
+        "eval_episodes",
+        "final_eval_episodes",
+        "eval_max_frames",
+    ):
+        if getattr(args, name) <= 0:
+            fail(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
+    if args.total_timesteps < args.num_envs * args.num_steps:
+        fail(
+            f"--total-timesteps {args.total_timesteps} is less than one rollout (--num-envs x --num-steps "
+            f"= {args.num_envs * args.num_steps}); raise it or lower --num-envs/--num-steps"
+        )
+    if not 0.0 < args.gamma <= 1.0 or not 0.0 <= args.gae_lambda <= 1.0:
+        fail("--gamma must be in (0, 1] and --gae-lambda in [0, 1]")
+    if args.learning_rate <= 0 or args.max_grad_norm <= 0 or args.rmsprop_eps <= 0 or not 0 <= args.rmsprop_alpha < 1:
+        fail("--learning-rate, --max-grad-norm and --rmsprop-eps must be positive, --rmsprop-alpha in [0, 1)")
+    if args.ent_coef < 0 or args.vf_coef < 0 or args.checkpoint_frequency < 0:
+        fail("--ent-coef, --vf-coef and --checkpoint-frequency must be 0 or more")
+    if args.sticky_action_prob is not None and not 0.0 <= args.sticky_action_prob < 1.0:
+        fail(f"--sticky-action-prob must be in [0, 1), got {args.sticky_action_prob}")
+    if args.eval_checkpoint is not None and not Path(args.eval_checkpoint).is_file():
+        fail(f"--eval-checkpoint {args.eval_checkpoint} does not exist; pass a file written by --save-model")
+    game = game_name(args.env_id)
+    if game is None:
+        fail(
+            f"unknown --env-id {args.env_id!r}; use a gymnasium Atari id such as BreakoutNoFrameskip-v4, "
+            "PongNoFrameskip-v4 or ALE/Breakout-v5"
+        )
+    return game
+
+
+def env_settings(args: Args) -> dict:
+    """The environment as run, for summary.json."""
+    return {
+        "sticky_action_prob": sticky_prob(args),
+        "action_set": f"minimal ({action_count(game_name(args.env_id))} actions)",
+        "noop_max": NOOP_MAX,
+        "frameskip": "4, max-pooled over the last 2 frames",
+        "fire_reset": True,
+        "max_episode_frames": TRAIN_MAX_FRAMES,
+        "eval_max_episode_frames": args.eval_max_frames,
+        "life_loss": "ends the return chain; episodes are whole games",
+        "reward": "raw scores reported, clipped to [-1, 1] in the loss only",
+        "autoreset": "next_step",
+    }
 
 
 @torch.no_grad()
-def record_video(agent, game: str, seed: int, device, video_dir: str, max_frames: int) -> None:
+def record_video(
+    agent, game: str, seed: int, device, video_dir: str, max_frames: int, sticky_action_prob: float = 0.0
+) -> None:
     """One evaluation episode: the policy sees the usual stacks; a second env with the same seed and
-    actions (ALE is deterministic) gives the max-pooled RGB frames that go into the video."""
+    actions (ALE is deterministic, its sticky actions too) gives the max-pooled RGB frames of the video."""
     from gymnasium.utils.save_video import save_video
 
-    envs, obs, _ = make_envs(game, 1, seed, max_frames)
-    rgb_envs, rgb, _ = make_envs(game, 1, seed, max_frames, rgb=True)
+    envs, obs, _ = make_envs(game, 1, seed, sticky_action_prob, max_frames)
+    rgb_envs, rgb, _ = make_envs(game, 1, seed, sticky_action_prob, max_frames, rgb=True)
     generator = torch.Generator(device=device).manual_seed(seed)
     frames, done = [rgb[0, 0]], False
     while not done:
@@ -460,7 +744,6 @@ def record_video(agent, game: str, seed: int, device, video_dir: str, max_frames
     save_video(frames, video_dir, fps=15, name_prefix="eval")
 
 
-# ==== Run bookkeeping ====
 def fail(message: str) -> None:
     """Bad input: one line naming the problem and the fix, exit code 2, no traceback."""
     print(f"error: {message}", file=sys.stderr)
@@ -471,174 +754,263 @@ def versions(*modules) -> dict:
     return {"python": platform.python_version(), **{m.__name__: m.__version__ for m in modules}}
 
 
-def eval_stats(returns) -> dict:
+def eval_stats(returns, lengths, truncated) -> dict:
     r = np.asarray(returns, dtype=np.float64)
-    return {"episodes": int(r.size), "mean": float(r.mean()), "std": float(r.std()),
-            "min": float(r.min()), "max": float(r.max())}
+    return {
+        "episodes": int(r.size),
+        "mean": float(r.mean()),
+        "std": float(r.std()),
+        "min": float(r.min()),
+        "max": float(r.max()),
+        "mean_length": float(np.mean(lengths)),
+        "truncated": float(np.mean(truncated)),
+    }
 
 
-def check_memory(nbytes: int, device: torch.device, flag: str) -> None:
-    """Stops before allocating `nbytes` that would not fit in free (GPU or host) memory."""
-    if device.type == "cuda":
-        free = torch.cuda.mem_get_info(device)[0]
-    else:
-        free = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+def available_memory(meminfo: str = "/proc/meminfo", cgroup: str = "/sys/fs/cgroup") -> int:
+    """Bytes a new allocation can get: MemAvailable (free memory plus the page cache the kernel can drop),
+    capped by the container's cgroup limit (v2 memory.max - memory.current; v1 the memory controller's
+    limit_in_bytes - usage_in_bytes), which MemAvailable does not see."""
+    fields = dict(line.split(":", 1) for line in Path(meminfo).read_text().splitlines() if ":" in line)
+    available = int(fields["MemAvailable"].split()[0]) * 1024
+    for limit, usage in (
+        ("memory.max", "memory.current"),
+        ("memory/memory.limit_in_bytes", "memory/memory.usage_in_bytes"),
+    ):
+        try:
+            text = (Path(cgroup) / limit).read_text().strip()
+            if text != "max":
+                available = min(available, int(text) - int((Path(cgroup) / usage).read_text()))
+        except (OSError, ValueError):  # no such controller here
+            pass
+    return available
+
+
+def check_fits(nbytes: int, free: int, what: str, where: str, fix: str) -> None:
+    """Stops (exit 2) before allocating or writing `nbytes` that would not fit in `free` bytes."""
     if nbytes > 0.9 * free:
-        fail(f"the replay buffer needs {nbytes / 2**30:.1f} GiB but only {free / 2**30:.1f} GiB of "
-             f"{device.type} memory is free; lower {flag}")
+        fail(f"{what} needs {nbytes / 2**30:.1f} GiB but only {free / 2**30:.1f} GiB of {where} is free; {fix}")
 
 
-def load_checkpoint(path: str, device: torch.device) -> dict:
-    """The checkpoint written by this script's --save-model, or a one-line error (exit 2) for any other file."""
+def all_finite(module) -> bool:
+    return all(bool(torch.isfinite(p).all()) for p in module.parameters())
+
+
+def rng_states(*generators) -> dict:
+    """Every random generator of the run: python, numpy (global and each Generator), torch CPU, CUDA and each torch.Generator."""
+    numpy_global = np.random.get_state(legacy=False)
+    numpy_global["state"]["key"] = numpy_global["state"]["key"].tolist()  # plain data: weights_only loading
+    return {
+        "python": random.getstate(),
+        "numpy": numpy_global,
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "generators": [
+            g.bit_generator.state if isinstance(g, np.random.Generator) else g.get_state() for g in generators
+        ],
+    }
+
+
+def set_rng_states(states: dict, *generators) -> None:
+    states["numpy"]["state"]["key"] = np.array(states["numpy"]["state"]["key"], dtype=np.uint32)
+    random.setstate(states["python"])
+    np.random.set_state(states["numpy"])
+    torch.set_rng_state(states["torch"])
+    if states["cuda"]:
+        torch.cuda.set_rng_state_all(states["cuda"])
+    for g, state in zip(generators, states["generators"]):
+        if isinstance(g, np.random.Generator):
+            g.bit_generator.state = state
+        else:
+            g.set_state(state)
+
+
+def resume_path(run_dir: str) -> str:
+    path = Path(run_dir) / "checkpoint"
+    if (Path(run_dir) / "summary.json").is_file() and json.loads((Path(run_dir) / "summary.json").read_text()).get(
+        "status"
+    ) == "finished":
+        fail(f"--resume {run_dir}: that run finished (summary.json); start a new run instead")
+    if not path.is_file():
+        fail(
+            f"--resume {run_dir} has no checkpoint (none was written before it stopped; see "
+            "--checkpoint-frequency); start the run again"
+        )
+    return str(path)
+
+
+def load_checkpoint(path: str, flag: str) -> dict:
+    """A checkpoint written by this script (--save-model or a periodic one), or a one-line error (exit 2).
+    Memory-mapped on the CPU: evaluating a periodic checkpoint never reads its replay buffer."""
     try:  # weights_only: a checkpoint is data; unpickling arbitrary objects would run code from the file
-        checkpoint = torch.load(path, map_location=device, weights_only=True)
+        checkpoint = torch.load(path, map_location="cpu", mmap=True, weights_only=True)
     except Exception as e:  # garbage, empty, truncated or foreign files: EOFError, RuntimeError, UnpicklingError, ...
-        fail(f"--eval-checkpoint {path} is not a torch checkpoint ({type(e).__name__}); "
-             "pass a file written by --save-model")
+        fail(
+            f"{flag} {path} is not a torch checkpoint ({type(e).__name__}); "
+            "pass a file written by --save-model or --checkpoint-frequency"
+        )
     if not isinstance(checkpoint, dict) or checkpoint.get("script") != SCRIPT:
-        fail(f"--eval-checkpoint {path} was not written by {SCRIPT}; pass a file written by its --save-model")
+        fail(
+            f"{flag} {path} was not written by {SCRIPT}; pass a file written by its --save-model "
+            "or --checkpoint-frequency"
+        )
     return checkpoint
 
 
-class Progress:
-    """A line every `every_s` seconds: steps, steps/s, recent return, time left."""
-
-    def __init__(self, total: int, every_s: float = 5.0):
-        self.total, self.every_s = total, every_s
-        self.start = self.last = time.time()
-
-    def update(self, step: int, recent_return: Optional[float], extra: str = "") -> None:
-        now = time.time()
-        if now - self.last < self.every_s and step < self.total:
-            return
-        self.last = now
-        sps = step / max(now - self.start, 1e-9)
-        left = (self.total - step) / max(sps, 1e-9)
-        ret = "n/a" if recent_return is None else f"{recent_return:.1f}"
-        print(f"[{SCRIPT}] step {step:,}/{self.total:,} ({100 * step / self.total:.0f}%) | "
-              f"{sps:,.0f} steps/s | return {ret}{extra} | {time.strftime('%H:%M:%S', time.gmtime(left))} left",
-              flush=True)
-
-
-def write_summary(run_dir: Path, args, env_id: str, total_timesteps: int, wall_time_s: float,
-                  sps: float, device: str, final_returns, eval_history: list, versions_: dict,
-                  **extra) -> dict:
-    summary = {
-        "script": SCRIPT, "env_id": env_id, "seed": args.seed, "total_timesteps": total_timesteps,
-        "wall_time_s": wall_time_s, "sps": sps, "device": device,
-        "final_eval": eval_stats(final_returns), "eval_history": eval_history,
-        "args": dataclasses.asdict(args), "versions": versions_, **extra,
-    }
-    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
-    return summary
-
-
-# ==== Training ====
-def seed_everything(seed: int, torch_deterministic: bool) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-    torch.backends.cudnn.deterministic = torch_deterministic
-
-
-def train(args: Args) -> dict:
-    game = check_args(args)
-    device = torch.device("cuda" if torch.cuda.is_available() and args.cuda else "cpu")
-    probe = AtariVectorEnv(game, 1)
-    n_actions = probe.single_action_space.n
-    probe.close()
-    seed_everything(args.seed, args.torch_deterministic)
-    torch.set_num_threads(args.torch_threads)
-    agent = ActorCritic(n_actions).to(device)
-    if args.eval_checkpoint is not None:  # read before any run directory exists (bad input)
-        checkpoint = load_checkpoint(args.eval_checkpoint, device)
-        try:
-            agent.load_state_dict(checkpoint["agent"])
-        except RuntimeError:  # another game's action count: the policy head's size differs
-            fail(f"--eval-checkpoint {args.eval_checkpoint} does not fit the network of --env-id {args.env_id}; "
-                 f"pass the --env-id it was trained on ({checkpoint['args']['env_id']})")
+def new_run_dir(args) -> Path:
     run_name = args.run_name or f"{args.env_id.replace('/', '-')}__{Path(SCRIPT).stem}__{args.seed}__{int(time.time())}"
     run_dir = Path("runs") / run_name
     run_dir.mkdir(parents=True, exist_ok=True)
-    video_dir = str(run_dir / "videos") if args.capture_video else None
-    versions_ = versions(torch, gym, np, ale_py)
-    eval_seed = args.seed + 100_000  # evaluation episodes are not the training episodes
+    return run_dir
 
-    if args.eval_checkpoint is not None:
-        start = time.time()
-        returns, _ = evaluate(agent, game, args.final_eval_episodes, eval_seed, device, args.eval_max_frames,
-                              video_dir)
-        wall = time.time() - start
-        history = [{"step": checkpoint["global_step"], "wall_time_s": wall, "mean": float(np.mean(returns))}]
-        summary = write_summary(run_dir, args, args.env_id, checkpoint["global_step"], wall,
-                                checkpoint["global_step"] / wall, device.type, returns, history, versions_,
-                                checkpoint=str(args.eval_checkpoint))
-        print(f"[{SCRIPT}] evaluated {args.eval_checkpoint}: {summary['final_eval']}")
+
+class RunLog:
+    """What a run reports: TensorBoard scalars, recent returns, evaluations, a progress line, checkpoints
+    and summary.json. Its state goes into checkpoints, so a resumed run reports the whole run."""
+
+    def __init__(self, run_dir: Path, args, writer_class, total_steps: int, env: dict, state: dict | None = None):
+        self.run_dir, self.args, self.total, self.env = run_dir, args, total_steps, env
+        self.video_dir = str(run_dir / "videos") if args.capture_video else None
+        state = state or {"step": 0, "recent": [], "eval_history": [], "wall_time_s": 0.0, "eval_time_s": 0.0}
+        self.first_step, self.recent, self.eval_history = state["step"], state["recent"], state["eval_history"]
+        self.wall_before, self.eval_time_s = state["wall_time_s"], state["eval_time_s"]
+        self.eval_before = self.eval_time_s
+        self.checkpoint_step = state["step"] if self.first_step else None
+        # purge_step: TensorBoard drops what the interrupted run logged after its checkpoint (logged again now).
+        self.writer = writer_class(str(run_dir), purge_step=self.first_step + 1 if self.first_step else None)
+        if not self.first_step:
+            self.writer.add_text(
+                "hyperparameters",
+                "|param|value|\n|-|-|\n" + "\n".join(f"|{k}|{v}|" for k, v in dataclasses.asdict(args).items()),
+            )
+        self.start = self.last_print = time.time()
+
+    def wall_time(self) -> float:
+        return self.wall_before + time.time() - self.start
+
+    def train_sps(self, step: int) -> float:
+        """Environment steps per second of training alone, evaluations excluded (this session's steps)."""
+        train_time = time.time() - self.start - (self.eval_time_s - self.eval_before)
+        return (step - self.first_step) / max(train_time, 1e-9)
+
+    def episode(self, step: int, ret: float, length: int) -> None:
+        self.writer.add_scalar("charts/episodic_return", ret, step)
+        self.writer.add_scalar("charts/episodic_length", length, step)
+        self.recent = (self.recent + [float(ret)])[-20:]
+
+    def scalars(self, step: int, values: dict) -> None:
+        for tag, value in {**values, "charts/SPS": self.train_sps(step)}.items():
+            self.writer.add_scalar(tag, value, step)
+
+    def evaluation(self, step: int, episodes, seconds: float) -> None:
+        stats = eval_stats(*episodes)
+        self.eval_time_s += seconds
+        self.eval_history.append(
+            {
+                "step": step,
+                "wall_time_s": self.wall_time(),
+                "mean": stats["mean"],
+                "mean_length": stats["mean_length"],
+                "truncated": stats["truncated"],
+            }
+        )
+        self.writer.add_scalar("eval/episodic_return", stats["mean"], step)
+        self.writer.add_scalar("eval/episodic_length", stats["mean_length"], step)
+
+    def progress(self, step: int, every_s: float = 5.0) -> None:
+        """A line every `every_s` seconds: steps, steps/s, recent return, last evaluation, time left."""
+        now = time.time()
+        if now - self.last_print < every_s and step < self.total:
+            return
+        self.last_print = now
+        sps = (step - self.first_step) / max(now - self.start, 1e-9)
+        ret = f"{np.mean(self.recent):.1f}" if self.recent else "n/a"
+        ev = f" | eval {self.eval_history[-1]['mean']:.1f}" if self.eval_history else ""
+        left = time.strftime("%H:%M:%S", time.gmtime((self.total - step) / max(sps, 1e-9)))
+        print(
+            f"[{SCRIPT}] step {step:,}/{self.total:,} ({100 * step / self.total:.0f}%) | {sps:,.0f} steps/s | "
+            f"return {ret}{ev} | {left} left",
+            flush=True,
+        )
+
+    def state(self, step: int) -> dict:
+        return {
+            "step": step,
+            "recent": self.recent,
+            "eval_history": self.eval_history,
+            "wall_time_s": self.wall_time(),
+            "eval_time_s": self.eval_time_s,
+        }
+
+    def checkpoint(self, step: int, write, nbytes: int) -> None:
+        """runs/<run>/checkpoint, atomically: written beside, fsynced, renamed over the old one, so a kill at
+        any moment leaves the previous checkpoint or the new one, never half of one."""
+        if shutil.disk_usage(self.run_dir).free < 1.1 * nbytes:
+            print(
+                f"[{SCRIPT}] warning: too little free disk for a checkpoint at step {step:,}; keeping the one "
+                f"of step {self.checkpoint_step}",
+                file=sys.stderr,
+                flush=True,
+            )
+            return
+        path, tmp = self.run_dir / "checkpoint", self.run_dir / "checkpoint.tmp"
+        with open(tmp, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+        self.checkpoint_step = step
+
+    def stop_unless_finite(self, finite: bool, step: int, what: str) -> None:
+        """A non-finite loss or parameter ends the run at once (exit 3); the last good checkpoint stays."""
+        if finite:
+            return
+        kept = (
+            f"the last good checkpoint is {self.run_dir / 'checkpoint'} (step {self.checkpoint_step:,})"
+            if self.checkpoint_step is not None
+            else "no checkpoint was written (see --checkpoint-frequency)"
+        )
+        message = f"non-finite {what} by step {step:,}; {kept}"
+        print(f"error: {message}", file=sys.stderr, flush=True)
+        self.write_summary(step, None, "", {}, status="failed", failure=message)
+        self.writer.close()
+        sys.exit(3)
+
+    def write_summary(self, step: int, final, device: str, versions_: dict, status: str = "finished", **extra) -> dict:
+        wall = self.wall_time()
+        summary = {
+            "script": SCRIPT,
+            "env_id": self.args.env_id,
+            "seed": self.args.seed,
+            "total_timesteps": step,
+            "status": status,
+            "wall_time_s": wall,
+            "sps": step / max(wall - self.eval_time_s, 1e-9),
+            "sps_with_eval": step / wall,
+            "device": device,
+            "final_eval": eval_stats(*final) if final is not None else None,
+            "eval_history": self.eval_history,
+            "env": self.env,
+            "args": dataclasses.asdict(self.args),
+            "versions": versions_,
+            **extra,
+        }
+        (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
         return summary
 
-    writer = SummaryWriter(str(run_dir))
-    writer.add_text("hyperparameters", "|param|value|\n|-|-|\n" +
-                    "\n".join(f"|{k}|{v}|" for k, v in dataclasses.asdict(args).items()))
-    # Created once: rebuilding it inside the loop would reset the squared-gradient averages.
-    optimizer = TFRMSprop(agent.parameters(), lr=args.learning_rate, alpha=args.rmsprop_alpha, eps=args.rmsprop_eps)
-    generator = torch.Generator(device=device).manual_seed(args.seed)
-    envs, obs, info = make_envs(game, args.num_envs, args.seed)
-    collector = RolloutCollector(envs, obs, info, args.num_steps, device, generator)
-
-    batch = args.num_envs * args.num_steps
-    num_updates = args.total_timesteps // batch
-    recent_returns: list = []
-    eval_history: list = []
-    evals = 0
-    progress = Progress(num_updates * batch)
-    start = time.time()
-    global_step = 0
-    for update in range(num_updates):
-        rollout, finished = collector.collect(agent)
-        global_step += batch
-        for score, length in finished:
-            writer.add_scalar("charts/episodic_return", score, global_step)
-            writer.add_scalar("charts/episodic_length", length, global_step)
-            recent_returns = (recent_returns + [score])[-20:]
-
-        # Linear from the full rate at the first update to 0 after the last one.
-        lr = linear_schedule(args.learning_rate, 0.0, num_updates, update) if args.anneal_lr else args.learning_rate
-        stats = a2c_update(agent, optimizer, rollout, args, lr)
-        if update % args.log_frequency == 0 or update == num_updates - 1:
-            for key in ("loss", "policy_loss", "value_loss", "entropy", "explained_variance"):
-                writer.add_scalar(f"losses/{key}", stats[key], global_step)
-            writer.add_scalar("losses/grad_norm", stats["grad_norm"], global_step)
-            for name, norm in stats["layer_grad_norms"].items():
-                writer.add_scalar(f"grad_norms/{name}", norm, global_step)
-            writer.add_scalar("charts/learning_rate", lr, global_step)
-            writer.add_scalar("charts/SPS", global_step / (time.time() - start), global_step)
-
-        if global_step // args.eval_frequency > evals or update == num_updates - 1:
-            evals = global_step // args.eval_frequency
-            returns, _ = evaluate(agent, game, args.eval_episodes, eval_seed + evals, device, args.eval_max_frames)
-            eval_history.append({"step": global_step, "wall_time_s": time.time() - start,
-                                 "mean": float(np.mean(returns))})
-            writer.add_scalar("eval/episodic_return", np.mean(returns), global_step)
-        recent = float(np.mean(recent_returns)) if recent_returns else None
-        progress.update(global_step, recent, f" | eval {eval_history[-1]['mean']:.1f}" if eval_history else "")
-    envs.close()
-    train_time = time.time() - start
-
-    final_returns, _ = evaluate(agent, game, args.final_eval_episodes, eval_seed, device, args.eval_max_frames,
-                                video_dir)
-    writer.add_scalar("eval/final_episodic_return", np.mean(final_returns), global_step)
-    if args.save_model:
-        torch.save({"script": SCRIPT, "agent": agent.state_dict(), "optimizer": optimizer.state_dict(),
-                    "global_step": global_step, "updates": num_updates, "args": dataclasses.asdict(args)},
-                   run_dir / f"{Path(SCRIPT).stem}.pt")
-    wall_time = time.time() - start
-    summary = write_summary(run_dir, args, args.env_id, global_step, wall_time, global_step / train_time,
-                            device.type, final_returns, eval_history, versions_, updates=num_updates)
-    writer.close()
-    print(f"[{SCRIPT}] done in {wall_time:.1f} s: final eval over {len(final_returns)} episodes "
-          f"mean {summary['final_eval']['mean']:.1f} (min {summary['final_eval']['min']:.0f}); {run_dir}")
-    return summary
+    def finish(self, step: int, final, eval_seconds: float, device: str, versions_: dict, **extra) -> dict:
+        """The final evaluation (`final`, which took `eval_seconds`) into TensorBoard and summary.json."""
+        self.eval_time_s += eval_seconds
+        self.writer.add_scalar("eval/final_episodic_return", float(np.mean(final.returns)), step)
+        self.writer.close()
+        summary = self.write_summary(step, final, device, versions_, **extra)
+        fe = summary["final_eval"]
+        print(
+            f"[{SCRIPT}] done in {summary['wall_time_s']:.1f} s: final eval over {fe['episodes']} episodes "
+            f"mean {fe['mean']:.1f} (min {fe['min']:.0f}); {self.run_dir}"
+        )
+        return summary
 
 
 if __name__ == "__main__":
-    train(tyro.cli(Args))
+    main(tyro.cli(Args))

@@ -2,6 +2,8 @@
 
     python dqn_cartpole.py                        # train with the benchmark defaults
     python dqn_cartpole.py --seed 2 --save-model  # another seed, keep the weights
+    python dqn_cartpole.py --checkpoint-frequency 10000   # checkpoint as it goes ...
+    python dqn_cartpole.py --resume runs/<run>    # ... and continue it in place after a kill
     python dqn_cartpole.py --eval-checkpoint runs/<run>/dqn_cartpole.pt   # evaluate, no training
     python dqn_cartpole.py --help                 # every option
 
@@ -17,11 +19,13 @@ import json
 import os
 import platform
 import random
+import shutil
 import sys
 import time
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
-from typing import Optional
+from typing import NamedTuple
 
 import gymnasium as gym
 import numpy as np
@@ -43,7 +47,7 @@ class Args:
     """seed of python, numpy, torch, the environments and their action spaces"""
     total_timesteps: int = 60_000
     """environment steps to train for (summed over all envs)"""
-    run_name: Optional[str] = None
+    run_name: str | None = None
     """name of the run directory under runs/ (default: <env-id>__<script>__<seed>__<unix time>)"""
     cuda: bool = True
     """use CUDA when it is available (the replay buffer and the update then live on the GPU)"""
@@ -53,14 +57,22 @@ class Args:
     """record one greedy evaluation episode to runs/<run-name>/videos/ at the end"""
     save_model: bool = False
     """save the Q-network, target network and optimizer state to runs/<run-name>/dqn_cartpole.pt"""
-    eval_checkpoint: Optional[str] = None
-    """path of a checkpoint written by --save-model: evaluate it greedily, write a summary, do not train"""
+    eval_checkpoint: str | None = None
+    """path of a checkpoint (--save-model's or runs/<run>/checkpoint): evaluate it greedily, write a summary, do not train"""
+    checkpoint_frequency: int = 0
+    """environment steps between checkpoints to runs/<run-name>/checkpoint (0: none, a default run takes a minute); every env starts a new episode after a checkpoint"""
+    checkpoint_buffer: bool = True
+    """keep the replay buffer in checkpoints (--no-checkpoint-buffer: smaller files, but a resumed run starts with an empty buffer and no longer repeats the uninterrupted one)"""
+    resume: str | None = None
+    """runs/<run-name> of an interrupted run: continue it in place from its last checkpoint, with the arguments it was started with"""
+    sticky_action_prob: float = 0.0
+    """probability that an env repeats its previous action instead of the chosen one, in training and evaluation"""
 
     num_envs: int = 1
     """parallel environments collecting experience"""
     buffer_size: int = 100_000
     """replay buffer capacity in transitions"""
-    learning_rate: float = 1e-3
+    learning_rate: float = 5e-4
     """Adam learning rate"""
     anneal_lr: bool = True
     """decay the learning rate linearly to 0 over training (steadies the final greedy policy)"""
@@ -92,42 +104,11 @@ class Args:
     """episodes of the final greedy evaluation reported in summary.json"""
 
 
-def check_args(args: Args) -> gym.spaces.Space:
-    """Stops with a one-line error (exit 2) on input that cannot work; returns the action space."""
-    for name in ("total_timesteps", "num_envs", "buffer_size", "batch_size", "train_frequency",
-                 "target_network_frequency", "eval_frequency", "eval_episodes", "final_eval_episodes",
-                 "hidden_size"):
-        if getattr(args, name) <= 0:
-            fail(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
-    if args.learning_starts < 0:
-        fail(f"--learning-starts must be 0 or more, got {args.learning_starts}")
-    if args.batch_size > args.buffer_size:
-        fail(f"--batch-size {args.batch_size} is larger than --buffer-size {args.buffer_size}; "
-             "lower the batch size or raise the buffer size")
-    if not 0.0 < args.gamma <= 1.0 or args.learning_rate <= 0:
-        fail("--gamma must be in (0, 1] and --learning-rate positive")
-    if not (0.0 <= args.end_e <= 1.0 and 0.0 <= args.start_e <= 1.0 and 0.0 < args.exploration_fraction <= 1.0):
-        fail("--start-e and --end-e must be in [0, 1], --exploration-fraction in (0, 1]")
-    if args.eval_checkpoint is not None and not Path(args.eval_checkpoint).is_file():
-        fail(f"--eval-checkpoint {args.eval_checkpoint} does not exist; pass a file written by --save-model")
-    try:
-        env = gym.make(args.env_id)
-    except gym.error.Error as e:
-        fail(f"unknown --env-id {args.env_id!r} ({e}); use a registered gymnasium id such as CartPole-v1")
-    obs_space, action_space = env.observation_space, env.action_space
-    env.close()
-    if not isinstance(action_space, gym.spaces.Discrete):
-        fail(f"--env-id {args.env_id} has a {type(action_space).__name__} action space; DQN needs a "
-             "Discrete one (e.g. CartPole-v1, Acrobot-v1)")
-    if not isinstance(obs_space, gym.spaces.Box) or len(obs_space.shape) != 1:
-        fail(f"--env-id {args.env_id} observations are not flat vectors; this MLP DQN needs a 1-D Box")
-    return action_space
-
-
 # ==== Environment ====
-def make_envs(env_id: str, num_envs: int, seed: int):
-    """Vector envs with NEXT_STEP autoreset (gymnasium's default), reset with `seed`."""
-    envs = gym.make_vec(env_id, num_envs=num_envs, vectorization_mode="sync")
+def make_envs(env_id: str, num_envs: int, seed: int, sticky_action_prob: float = 0.0):
+    """Vector envs with NEXT_STEP autoreset (gymnasium's default), reset with seeds seed..seed+num_envs-1."""
+    wrappers = [lambda env: gym.wrappers.StickyAction(env, sticky_action_prob)] if sticky_action_prob else []
+    envs = gym.make_vec(env_id, num_envs=num_envs, vectorization_mode="sync", wrappers=wrappers)
     envs.action_space.seed(seed)
     envs.single_action_space.seed(seed)
     obs, _ = envs.reset(seed=seed)
@@ -139,8 +120,10 @@ class QNetwork(nn.Module):
     def __init__(self, obs_dim: int, n_actions: int, hidden: int = 256):
         super().__init__()
         self.net = nn.Sequential(
-            nn.Linear(obs_dim, hidden), nn.ReLU(),
-            nn.Linear(hidden, hidden), nn.ReLU(),
+            nn.Linear(obs_dim, hidden),
+            nn.ReLU(),
+            nn.Linear(hidden, hidden),
+            nn.ReLU(),
             nn.Linear(hidden, n_actions),
         )
 
@@ -148,11 +131,26 @@ class QNetwork(nn.Module):
         return self.net(x)
 
 
-def sync_target(q_network: nn.Module, target_network: nn.Module) -> None:
-    target_network.load_state_dict(q_network.state_dict())
+def select_actions(q_network, obs, epsilon: float, rng: np.random.Generator, n_actions: int, device):
+    """Epsilon-greedy: each env explores independently with probability epsilon."""
+    explore = rng.random(len(obs)) < epsilon
+    actions = rng.integers(0, n_actions, size=len(obs))
+    if not explore.all():
+        with torch.inference_mode():
+            q = q_network(torch.as_tensor(obs, dtype=torch.float32, device=device))
+        actions = np.where(explore, actions, q.argmax(dim=1).cpu().numpy())
+    return actions
 
 
 # ==== Replay buffer ====
+class Batch(NamedTuple):
+    obs: torch.Tensor
+    actions: torch.Tensor
+    rewards: torch.Tensor
+    next_obs: torch.Tensor
+    terminated: torch.Tensor
+
+
 class ReplayBuffer:
     """Preallocated circular buffer of (obs, action, reward, next_obs, terminated), on `device`.
 
@@ -173,7 +171,11 @@ class ReplayBuffer:
     def nbytes_for(capacity: int, obs_dim: int) -> int:
         return capacity * (2 * obs_dim * 4 + 8 + 4 + 4)
 
-    def add(self, obs, actions, rewards, next_obs, terminated) -> None:
+    @property
+    def nbytes(self) -> int:
+        return self.nbytes_for(self.capacity, self.obs.shape[1])
+
+    def add(self, obs, actions, rewards, next_obs, *, terminated) -> None:
         """Adds a batch of transitions (numpy arrays with a leading batch dimension)."""
         n = len(actions)
         idx = (self.pos + torch.arange(n)) % self.capacity
@@ -186,16 +188,26 @@ class ReplayBuffer:
         self.pos = (self.pos + n) % self.capacity
         self.size = min(self.size + n, self.capacity)
 
-    def sample(self, batch_size: int, generator: torch.Generator):
+    def sample(self, batch_size: int, generator: torch.Generator) -> Batch:
         # Only filled slots: before wraparound the tail of the arrays is zeros, not experience.
         idx = torch.randint(0, self.size, (batch_size,), generator=generator, device=self.device)
-        return self.obs[idx], self.actions[idx], self.rewards[idx], self.next_obs[idx], self.terminated[idx]
+        return Batch(self.obs[idx], self.actions[idx], self.rewards[idx], self.next_obs[idx], self.terminated[idx])
 
+    def state_dict(self) -> dict:
+        return {
+            "pos": self.pos,
+            "size": self.size,
+            "obs": self.obs,
+            "next_obs": self.next_obs,
+            "actions": self.actions,
+            "rewards": self.rewards,
+            "terminated": self.terminated,
+        }
 
-# ==== Schedules ====
-def linear_schedule(start: float, end: float, duration: float, t: float) -> float:
-    """`start` at t=0, `end` from t=duration on, linear in between."""
-    return end + (start - end) * max(0.0, 1.0 - t / duration)
+    def load_state_dict(self, state: dict) -> None:
+        self.pos, self.size = state["pos"], state["size"]
+        for name in ("obs", "next_obs", "actions", "rewards", "terminated"):  # in place: the buffer may be on a GPU
+            getattr(self, name).copy_(state[name])
 
 
 # ==== Loss ====
@@ -211,19 +223,33 @@ def td_target(rewards, next_q_target, terminated, gamma: float, next_q_online=No
     return rewards + gamma * (1.0 - terminated) * next_value
 
 
-def dqn_update(q_network, target_network, optimizer, batch, gamma: float, double_q: bool):
-    """One gradient step on the Huber TD loss; returns (loss, mean Q of the taken actions)."""
-    obs, actions, rewards, next_obs, terminated = batch
+def dqn_loss(q_network, target_network, batch: Batch, gamma: float, double_q: bool):
+    """Huber TD loss of a batch and the Q-values of its taken actions."""
     with torch.no_grad():
-        next_q_target = target_network(next_obs)
-        next_q_online = q_network(next_obs) if double_q else None
-        target = td_target(rewards, next_q_target, terminated, gamma, next_q_online)
-    q_taken = q_network(obs).gather(1, actions.unsqueeze(1)).squeeze(1)
-    loss = F.smooth_l1_loss(q_taken, target)
+        next_q_target = target_network(batch.next_obs)
+        next_q_online = q_network(batch.next_obs) if double_q else None
+        target = td_target(batch.rewards, next_q_target, batch.terminated, gamma, next_q_online)
+    q_taken = q_network(batch.obs).gather(1, batch.actions.unsqueeze(1)).squeeze(1)
+    return F.smooth_l1_loss(q_taken, target), q_taken.detach()
+
+
+# ==== Update ====
+def linear_schedule(start: float, end: float, duration: float, t: float) -> float:
+    """`start` at t=0, `end` from t=duration on, linear in between."""
+    return end + (start - end) * max(0.0, 1.0 - t / duration)
+
+
+def dqn_update(q_network, target_network, optimizer, batch: Batch, gamma: float, double_q: bool):
+    """One gradient step on the Huber TD loss; returns (loss, mean Q of the taken actions)."""
+    loss, q_taken = dqn_loss(q_network, target_network, batch, gamma, double_q)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     optimizer.step()
-    return loss.detach(), q_taken.detach().mean()
+    return loss.detach(), q_taken.mean()
+
+
+def sync_target(q_network: nn.Module, target_network: nn.Module) -> None:
+    target_network.load_state_dict(q_network.state_dict())
 
 
 def grad_norms(q_network: nn.Module) -> dict:
@@ -237,126 +263,42 @@ def grad_norms(q_network: nn.Module) -> dict:
     return norms
 
 
-def select_actions(q_network, obs, epsilon: float, rng: np.random.Generator, n_actions: int, device):
-    """Epsilon-greedy: each env explores independently with probability epsilon."""
-    explore = rng.random(len(obs)) < epsilon
-    actions = rng.integers(0, n_actions, size=len(obs))
-    if not explore.all():
-        with torch.inference_mode():
-            q = q_network(torch.as_tensor(obs, dtype=torch.float32, device=device))
-        actions = np.where(explore, actions, q.argmax(dim=1).cpu().numpy())
-    return actions
-
-
 # ==== Evaluation ====
-def evaluate(q_network, env_id: str, episodes: int, seed: int, device, epsilon: float = 0.0,
-             video_dir: Optional[str] = None) -> list:
-    """Returns of `episodes` whole episodes, one per env, run in parallel with an epsilon-greedy policy.
+class Episodes(NamedTuple):
+    returns: list
+    lengths: list
+    truncated: list  # ended by the time limit, not by the game
+
+
+def evaluate(
+    q_network,
+    env_id: str,
+    episodes: int,
+    seed: int,
+    device,
+    epsilon: float = 0.0,
+    video_dir: str | None = None,
+    sticky_action_prob: float = 0.0,
+) -> Episodes:
+    """`episodes` whole episodes, one per env, run in parallel with an epsilon-greedy policy.
 
     One episode per env: counting the first N episodes to finish across envs would favour short ones.
     """
-    envs = gym.make_vec(env_id, num_envs=episodes, vectorization_mode="sync")
-    envs.action_space.seed(seed)
-    obs, _ = envs.reset(seed=seed)
+    envs, obs = make_envs(env_id, episodes, seed, sticky_action_prob)
     rng = np.random.default_rng(seed)
-    returns = np.zeros(episodes)
-    running = np.ones(episodes, dtype=bool)
-    n_actions = envs.single_action_space.n
+    returns, lengths = np.zeros(episodes), np.zeros(episodes, dtype=np.int64)
+    running, cut = np.ones(episodes, dtype=bool), np.zeros(episodes, dtype=bool)
     while running.any():
-        actions = select_actions(q_network, obs, epsilon, rng, n_actions, device)
+        actions = select_actions(q_network, obs, epsilon, rng, envs.single_action_space.n, device)
         obs, rewards, terminations, truncations, _ = envs.step(actions)
         returns += rewards * running
+        lengths += running
+        cut |= truncations & ~terminations & running
         running &= ~(terminations | truncations)
     envs.close()
     if video_dir is not None:
         record_video(q_network, env_id, seed, device, video_dir)
-    return returns.tolist()
-
-
-def record_video(q_network, env_id: str, seed: int, device, video_dir: str) -> None:
-    env = gym.wrappers.RecordVideo(gym.make(env_id, render_mode="rgb_array"), video_dir,
-                                   episode_trigger=lambda _: True, disable_logger=True)
-    obs, _ = env.reset(seed=seed)
-    done = False
-    while not done:
-        with torch.inference_mode():
-            q = q_network(torch.as_tensor(obs[None], dtype=torch.float32, device=device))
-        obs, _, terminated, truncated, _ = env.step(int(q.argmax()))
-        done = terminated or truncated
-    env.close()
-
-
-# ==== Run bookkeeping ====
-def fail(message: str) -> None:
-    """Bad input: one line naming the problem and the fix, exit code 2, no traceback."""
-    print(f"error: {message}", file=sys.stderr)
-    sys.exit(2)
-
-
-def versions(*modules) -> dict:
-    return {"python": platform.python_version(), **{m.__name__: m.__version__ for m in modules}}
-
-
-def eval_stats(returns) -> dict:
-    r = np.asarray(returns, dtype=np.float64)
-    return {"episodes": int(r.size), "mean": float(r.mean()), "std": float(r.std()),
-            "min": float(r.min()), "max": float(r.max())}
-
-
-def check_memory(nbytes: int, device: torch.device, flag: str) -> None:
-    """Stops before allocating `nbytes` that would not fit in free (GPU or host) memory."""
-    if device.type == "cuda":
-        free = torch.cuda.mem_get_info(device)[0]
-    else:
-        free = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    if nbytes > 0.9 * free:
-        fail(f"the replay buffer needs {nbytes / 2**30:.1f} GiB but only {free / 2**30:.1f} GiB of "
-             f"{device.type} memory is free; lower {flag}")
-
-
-def load_checkpoint(path: str, device: torch.device) -> dict:
-    """The checkpoint written by this script's --save-model, or a one-line error (exit 2) for any other file."""
-    try:  # weights_only: a checkpoint is data; unpickling arbitrary objects would run code from the file
-        checkpoint = torch.load(path, map_location=device, weights_only=True)
-    except Exception as e:  # garbage, empty, truncated or foreign files: EOFError, RuntimeError, UnpicklingError, ...
-        fail(f"--eval-checkpoint {path} is not a torch checkpoint ({type(e).__name__}); "
-             "pass a file written by --save-model")
-    if not isinstance(checkpoint, dict) or checkpoint.get("script") != SCRIPT:
-        fail(f"--eval-checkpoint {path} was not written by {SCRIPT}; pass a file written by its --save-model")
-    return checkpoint
-
-
-class Progress:
-    """A line every `every_s` seconds: steps, steps/s, recent return, time left."""
-
-    def __init__(self, total: int, every_s: float = 5.0):
-        self.total, self.every_s = total, every_s
-        self.start = self.last = time.time()
-
-    def update(self, step: int, recent_return: Optional[float], extra: str = "") -> None:
-        now = time.time()
-        if now - self.last < self.every_s and step < self.total:
-            return
-        self.last = now
-        sps = step / max(now - self.start, 1e-9)
-        left = (self.total - step) / max(sps, 1e-9)
-        ret = "n/a" if recent_return is None else f"{recent_return:.1f}"
-        print(f"[{SCRIPT}] step {step:,}/{self.total:,} ({100 * step / self.total:.0f}%) | "
-              f"{sps:,.0f} steps/s | return {ret}{extra} | {time.strftime('%H:%M:%S', time.gmtime(left))} left",
-              flush=True)
-
-
-def write_summary(run_dir: Path, args, env_id: str, total_timesteps: int, wall_time_s: float,
-                  sps: float, device: str, final_returns, eval_history: list, versions_: dict,
-                  **extra) -> dict:
-    summary = {
-        "script": SCRIPT, "env_id": env_id, "seed": args.seed, "total_timesteps": total_timesteps,
-        "wall_time_s": wall_time_s, "sps": sps, "device": device,
-        "final_eval": eval_stats(final_returns), "eval_history": eval_history,
-        "args": dataclasses.asdict(args), "versions": versions_, **extra,
-    }
-    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
-    return summary
+    return Episodes(returns.tolist(), lengths.tolist(), cut.tolist())
 
 
 # ==== Training ====
@@ -367,47 +309,11 @@ def seed_everything(seed: int, torch_deterministic: bool) -> None:
     torch.backends.cudnn.deterministic = torch_deterministic
 
 
-def train(args: Args) -> dict:
-    action_space = check_args(args)
+def train(args: Args, obs_dim: int, n_actions: int, run_dir: Path, checkpoint: dict | None = None) -> dict:
+    """Trains a Q-network; with a `checkpoint` (--resume) the run continues exactly where it was saved."""
     device = torch.device("cuda" if torch.cuda.is_available() and args.cuda else "cpu")
-    probe = gym.make(args.env_id)
-    obs_dim, n_actions = probe.observation_space.shape[0], action_space.n
-    probe.close()
     seed_everything(args.seed, args.torch_deterministic)
     q_network = QNetwork(obs_dim, n_actions, args.hidden_size).to(device)
-    if args.eval_checkpoint is not None:  # read before any run directory exists (bad input)
-        checkpoint = load_checkpoint(args.eval_checkpoint, device)
-        try:
-            q_network.load_state_dict(checkpoint["q_network"])
-        except RuntimeError:  # other layer sizes: another --hidden-size, or another env's obs/action sizes
-            trained = checkpoint["args"]
-            fail(f"--eval-checkpoint {args.eval_checkpoint} does not fit the network of --env-id {args.env_id} "
-                 f"--hidden-size {args.hidden_size}; pass --env-id {trained['env_id']} "
-                 f"--hidden-size {trained['hidden_size']} as in training")
-    else:  # evaluation builds no replay buffer
-        check_memory(ReplayBuffer.nbytes_for(args.buffer_size, obs_dim), device, "--buffer-size")
-    run_name = args.run_name or f"{args.env_id}__{Path(SCRIPT).stem}__{args.seed}__{int(time.time())}"
-    run_dir = Path("runs") / run_name
-    run_dir.mkdir(parents=True, exist_ok=True)
-    video_dir = str(run_dir / "videos") if args.capture_video else None
-    versions_ = versions(torch, gym, np)
-    eval_seed = args.seed + 100_000  # evaluation episodes are not the training episodes
-
-    if args.eval_checkpoint is not None:
-        start = time.time()
-        returns = evaluate(q_network, args.env_id, args.final_eval_episodes, eval_seed, device,
-                           video_dir=video_dir)
-        wall = time.time() - start
-        history = [{"step": checkpoint["global_step"], "wall_time_s": wall, "mean": float(np.mean(returns))}]
-        summary = write_summary(run_dir, args, args.env_id, checkpoint["global_step"], wall,
-                                checkpoint["global_step"] / wall, device.type, returns, history, versions_,
-                                checkpoint=str(args.eval_checkpoint))
-        print(f"[{SCRIPT}] evaluated {args.eval_checkpoint}: {summary['final_eval']}")
-        return summary
-
-    writer = SummaryWriter(str(run_dir))
-    writer.add_text("hyperparameters", "|param|value|\n|-|-|\n" +
-                    "\n".join(f"|{k}|{v}|" for k, v in dataclasses.asdict(args).items()))
     target_network = QNetwork(obs_dim, n_actions, args.hidden_size).to(device)
     sync_target(q_network, target_network)
     # Created once: rebuilding Adam inside the loop would silently reset its moment estimates.
@@ -415,91 +321,566 @@ def train(args: Args) -> dict:
     rb = ReplayBuffer(args.buffer_size, obs_dim, device)
     rng = np.random.default_rng(args.seed)
     sample_gen = torch.Generator(device=device).manual_seed(args.seed)
-
-    envs, obs = make_envs(args.env_id, args.num_envs, args.seed)
+    global_step = updates = syncs = evals = refill_end = 0
+    if checkpoint is not None:
+        global_step, updates, syncs, evals = (checkpoint[k] for k in ("global_step", "updates", "syncs", "evals"))
+        for module, name in ((q_network, "q_network"), (target_network, "target_network"), (optimizer, "optimizer")):
+            module.load_state_dict(checkpoint[name])
+        if checkpoint["buffer"] is not None:
+            rb.load_state_dict(checkpoint["buffer"])
+        else:  # resumed without its buffer (--no-checkpoint-buffer): collect learning-starts steps before learning
+            refill_end = global_step + args.learning_starts
+        set_rng_states(checkpoint["rng"], rng, sample_gen)
+    log = RunLog(
+        run_dir,
+        args,
+        SummaryWriter,
+        args.total_timesteps,
+        env_settings(args),
+        checkpoint["log"] if checkpoint else None,
+    )
+    # Episodes start at step 0 and again after every checkpoint, seeded by the step: a resumed run
+    # restarts them exactly as the uninterrupted run did.
+    envs, obs = make_envs(args.env_id, args.num_envs, args.seed + global_step, args.sticky_action_prob)
     # NEXT_STEP autoreset: an env that ended an episode spends its next step resetting.
     autoreset = np.zeros(args.num_envs, dtype=bool)
-    ep_return = np.zeros(args.num_envs)
-    ep_length = np.zeros(args.num_envs, dtype=np.int64)
-    recent_returns: list = []
-    eval_history: list = []
-    updates = syncs = evals = 0
-    progress = Progress(args.total_timesteps)
-    start = time.time()
-    global_step = 0
+    ep_return, ep_length = np.zeros(args.num_envs), np.zeros(args.num_envs, dtype=np.int64)
+    finite, loss = torch.ones((), dtype=torch.bool, device=device), None  # finite: read when logging, no syncs
     while global_step < args.total_timesteps:
         global_step += args.num_envs
-        epsilon = linear_schedule(args.start_e, args.end_e,
-                                  args.exploration_fraction * args.total_timesteps, global_step)
+        epsilon = linear_schedule(
+            args.start_e, args.end_e, args.exploration_fraction * args.total_timesteps, global_step
+        )
         actions = select_actions(q_network, obs, epsilon, rng, n_actions, device)
         next_obs, rewards, terminations, truncations, _ = envs.step(actions)
+        # A checkpoint cuts every episode after this step (gymnasium envs cannot be saved): stored like a time limit.
+        cut = (
+            args.checkpoint_frequency > 0
+            and global_step % args.checkpoint_frequency < args.num_envs
+            and global_step < args.total_timesteps
+        )
 
         live = ~autoreset  # envs whose step was a real transition, not a reset
         ep_return[live] += rewards[live]
         ep_length[live] += 1
         for i in np.flatnonzero((terminations | truncations) & live):
-            writer.add_scalar("charts/episodic_return", ep_return[i], global_step)
-            writer.add_scalar("charts/episodic_length", ep_length[i], global_step)
-            recent_returns = (recent_returns + [float(ep_return[i])])[-20:]
+            log.episode(global_step, ep_return[i], ep_length[i])
             ep_return[i], ep_length[i] = 0.0, 0
         # The reset step (last obs of one episode -> first obs of the next) is not a transition.
         if live.any():
-            rb.add(obs[live], actions[live], rewards[live], next_obs[live], terminations[live])
+            rb.add(obs[live], actions[live], rewards[live], next_obs[live], terminated=terminations[live])
         autoreset = terminations | truncations
         obs = next_obs
 
         if global_step > args.learning_starts:
-            lr = (linear_schedule(args.learning_rate, 0.0, args.total_timesteps, global_step)
-                  if args.anneal_lr else args.learning_rate)
+            lr = (
+                linear_schedule(args.learning_rate, 0.0, args.total_timesteps, global_step)
+                if args.anneal_lr
+                else args.learning_rate
+            )
             for group in optimizer.param_groups:
                 group["lr"] = lr
             # Replay ratio in environment steps, whatever the number of envs.
             while updates < (global_step - args.learning_starts) // args.train_frequency:
-                loss, q_mean = dqn_update(q_network, target_network, optimizer,
-                                          rb.sample(args.batch_size, sample_gen), args.gamma, args.double_q)
+                if global_step > refill_end:
+                    loss, q_mean = dqn_update(
+                        q_network,
+                        target_network,
+                        optimizer,
+                        rb.sample(args.batch_size, sample_gen),
+                        args.gamma,
+                        args.double_q,
+                    )
+                    finite &= torch.isfinite(loss)
                 updates += 1
-            if updates and global_step % 100 < args.num_envs:
-                writer.add_scalar("losses/td_loss", loss.item(), global_step)
-                writer.add_scalar("losses/q_values", q_mean.item(), global_step)
+            if loss is not None and global_step % 100 < args.num_envs:
+                log.stop_unless_finite(bool(finite), global_step, "TD loss")
                 # Gradients of the last update: dqn_update clears them only at the start of the next one.
-                writer.add_scalar("losses/grad_norm", nn.utils.get_total_norm(
-                    [p.grad for p in q_network.parameters()]).item(), global_step)
-                for name, norm in grad_norms(q_network).items():
-                    writer.add_scalar(f"grad_norms/{name}", norm, global_step)
-                writer.add_scalar("charts/learning_rate", lr, global_step)
-                writer.add_scalar("charts/epsilon", epsilon, global_step)
-                writer.add_scalar("charts/SPS", global_step / (time.time() - start), global_step)
+                log.scalars(
+                    global_step,
+                    {
+                        "losses/td_loss": loss.item(),
+                        "losses/q_values": q_mean.item(),
+                        "losses/grad_norm": nn.utils.get_total_norm([p.grad for p in q_network.parameters()]).item(),
+                        **{f"grad_norms/{k}": v for k, v in grad_norms(q_network).items()},
+                        "charts/learning_rate": lr,
+                        "charts/epsilon": epsilon,
+                    },
+                )
             if global_step // args.target_network_frequency > syncs:
                 syncs = global_step // args.target_network_frequency
                 sync_target(q_network, target_network)
 
         if global_step // args.eval_frequency > evals or global_step >= args.total_timesteps:
-            evals = global_step // args.eval_frequency
-            returns = evaluate(q_network, args.env_id, args.eval_episodes, eval_seed + evals, device)
-            eval_history.append({"step": global_step, "wall_time_s": time.time() - start,
-                                 "mean": float(np.mean(returns))})
-            writer.add_scalar("eval/episodic_return", np.mean(returns), global_step)
-        recent = float(np.mean(recent_returns)) if recent_returns else None
-        progress.update(global_step, recent, f" | eval {eval_history[-1]['mean']:.1f}" if eval_history else "")
+            evals, start = global_step // args.eval_frequency, time.time()
+            episodes = evaluate(
+                q_network,
+                args.env_id,
+                args.eval_episodes,
+                args.seed + 100_000 + evals,
+                device,
+                sticky_action_prob=args.sticky_action_prob,
+            )
+            log.evaluation(global_step, episodes, time.time() - start)
+        if cut:
+            log.stop_unless_finite(bool(finite) and all_finite(q_network), global_step, "TD loss or Q-network")
+            state = {
+                "script": SCRIPT,
+                "args": dataclasses.asdict(args),
+                "log": log.state(global_step),
+                "global_step": global_step,
+                "updates": updates,
+                "syncs": syncs,
+                "evals": evals,
+                "q_network": q_network.state_dict(),
+                "target_network": target_network.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "rng": rng_states(rng, sample_gen),
+                "buffer": rb.state_dict() if args.checkpoint_buffer else None,
+            }
+            log.checkpoint(global_step, partial(torch.save, state), rb.nbytes * args.checkpoint_buffer + 2**25)
+            envs.close()  # the unfinished episodes end here, unreported (see make_envs above)
+            envs, obs = make_envs(args.env_id, args.num_envs, args.seed + global_step, args.sticky_action_prob)
+            autoreset[:], ep_return[:], ep_length[:] = False, 0.0, 0
+        log.progress(global_step)
     envs.close()
-    train_time = time.time() - start
 
-    final_returns = evaluate(q_network, args.env_id, args.final_eval_episodes, eval_seed, device,
-                             video_dir=video_dir)
-    writer.add_scalar("eval/final_episodic_return", np.mean(final_returns), global_step)
-    if args.save_model:
-        torch.save({"script": SCRIPT, "q_network": q_network.state_dict(),
-                    "target_network": target_network.state_dict(), "optimizer": optimizer.state_dict(),
-                    "global_step": global_step, "updates": updates, "args": dataclasses.asdict(args)},
-                   run_dir / f"{Path(SCRIPT).stem}.pt")
-    wall_time = time.time() - start
-    summary = write_summary(run_dir, args, args.env_id, global_step, wall_time, global_step / train_time,
-                            device.type, final_returns, eval_history, versions_, updates=updates)
-    writer.close()
-    print(f"[{SCRIPT}] done in {wall_time:.1f} s: final greedy eval over {len(final_returns)} episodes "
-          f"mean {summary['final_eval']['mean']:.1f} (min {summary['final_eval']['min']:.0f}); {run_dir}")
-    return summary
+    start = time.time()
+    final = evaluate(
+        q_network,
+        args.env_id,
+        args.final_eval_episodes,
+        args.seed + 100_000,
+        device,
+        video_dir=log.video_dir,
+        sticky_action_prob=args.sticky_action_prob,
+    )
+    if args.save_model:  # networks and optimizer only: what --eval-checkpoint and fine-tuning need
+        torch.save(
+            {
+                "script": SCRIPT,
+                "args": dataclasses.asdict(args),
+                "global_step": global_step,
+                "updates": updates,
+                "q_network": q_network.state_dict(),
+                "target_network": target_network.state_dict(),
+                "optimizer": optimizer.state_dict(),
+            },
+            run_dir / f"{Path(SCRIPT).stem}.pt",
+        )
+    return log.finish(global_step, final, time.time() - start, device.type, versions(torch, gym, np), updates=updates)
+
+
+def evaluate_checkpoint(args: Args, obs_dim: int, n_actions: int) -> dict:
+    """--eval-checkpoint: the final evaluation of a saved Q-network, written as a run of its own."""
+    device = torch.device("cuda" if torch.cuda.is_available() and args.cuda else "cpu")
+    checkpoint = load_checkpoint(args.eval_checkpoint, "--eval-checkpoint")
+    q_network = QNetwork(obs_dim, n_actions, args.hidden_size).to(device)
+    try:
+        q_network.load_state_dict(checkpoint["q_network"])
+    except RuntimeError:  # other layer sizes: another --hidden-size, or another env's obs/action sizes
+        trained = checkpoint["args"]
+        fail(
+            f"--eval-checkpoint {args.eval_checkpoint} does not fit the network of --env-id {args.env_id} "
+            f"--hidden-size {args.hidden_size}; pass --env-id {trained['env_id']} "
+            f"--hidden-size {trained['hidden_size']} as in training"
+        )
+    log = RunLog(new_run_dir(args), args, SummaryWriter, checkpoint["global_step"], env_settings(args))
+    start = time.time()
+    final = evaluate(
+        q_network,
+        args.env_id,
+        args.final_eval_episodes,
+        args.seed + 100_000,
+        device,
+        video_dir=log.video_dir,
+        sticky_action_prob=args.sticky_action_prob,
+    )
+    log.evaluation(checkpoint["global_step"], final, time.time() - start)
+    return log.finish(
+        checkpoint["global_step"],
+        final,
+        0.0,
+        device.type,
+        versions(torch, gym, np),
+        checkpoint=str(args.eval_checkpoint),
+        sps=sum(final.lengths) / log.wall_time(),
+    )
+
+
+def main(args: Args) -> dict:
+    """Checks everything that can be checked before heavy work, then evaluates, trains or resumes."""
+    checkpoint = None
+    if args.resume is not None:
+        checkpoint = load_checkpoint(resume_path(args.resume), "--resume")
+        args = dataclasses.replace(Args(**checkpoint["args"]), resume=args.resume)
+    obs_dim, n_actions = check_args(args)
+    if args.eval_checkpoint is not None:  # evaluation builds no replay buffer
+        return evaluate_checkpoint(args, obs_dim, n_actions)
+    nbytes = ReplayBuffer.nbytes_for(args.buffer_size, obs_dim)
+    if torch.cuda.is_available() and args.cuda:
+        check_fits(nbytes, torch.cuda.mem_get_info()[0], "the replay buffer", "GPU memory", "lower --buffer-size")
+    else:
+        check_fits(nbytes, available_memory(), "the replay buffer", "memory", "lower --buffer-size")
+    if args.checkpoint_frequency and args.checkpoint_buffer:
+        check_fits(
+            nbytes,
+            shutil.disk_usage(".").free,
+            "a checkpoint with its replay buffer",
+            "disk",
+            "lower --buffer-size or pass --no-checkpoint-buffer",
+        )
+    return train(args, obs_dim, n_actions, Path(args.resume) if checkpoint else new_run_dir(args), checkpoint)
+
+
+# ==== Appendix: run bookkeeping (logs, summary, checkpoints, checks; nothing here affects learning) ====
+def check_args(args: Args) -> tuple:
+    """Stops with a one-line error (exit 2) on input that cannot work; returns (obs_dim, n_actions)."""
+    for name in (
+        "total_timesteps",
+        "num_envs",
+        "buffer_size",
+        "batch_size",
+        "train_frequency",
+        "target_network_frequency",
+        "eval_frequency",
+        "eval_episodes",
+        "final_eval_episodes",
+        "hidden_size",
+    ):
+        if getattr(args, name) <= 0:
+            fail(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
+    if args.learning_starts < 0 or args.checkpoint_frequency < 0:
+        fail("--learning-starts and --checkpoint-frequency must be 0 or more")
+    if args.batch_size > args.buffer_size:
+        fail(
+            f"--batch-size {args.batch_size} is larger than --buffer-size {args.buffer_size}; "
+            "lower the batch size or raise the buffer size"
+        )
+    if not 0.0 < args.gamma <= 1.0 or args.learning_rate <= 0:
+        fail("--gamma must be in (0, 1] and --learning-rate positive")
+    if not (
+        0.0 <= args.end_e <= 1.0
+        and 0.0 <= args.start_e <= 1.0
+        and 0.0 < args.exploration_fraction <= 1.0
+        and 0.0 <= args.sticky_action_prob < 1.0
+    ):
+        fail(
+            "--start-e and --end-e must be in [0, 1], --exploration-fraction in (0, 1], --sticky-action-prob in [0, 1)"
+        )
+    if args.eval_checkpoint is not None and not Path(args.eval_checkpoint).is_file():
+        fail(f"--eval-checkpoint {args.eval_checkpoint} does not exist; pass a file written by --save-model")
+    try:
+        env = gym.make(args.env_id)
+    except gym.error.Error as e:
+        fail(f"unknown --env-id {args.env_id!r} ({e}); use a registered gymnasium id such as CartPole-v1")
+    obs_space, action_space = env.observation_space, env.action_space
+    env.close()
+    if not isinstance(action_space, gym.spaces.Discrete):
+        fail(
+            f"--env-id {args.env_id} has a {type(action_space).__name__} action space; DQN needs a "
+            "Discrete one (e.g. CartPole-v1, Acrobot-v1)"
+        )
+    if not isinstance(obs_space, gym.spaces.Box) or len(obs_space.shape) != 1:
+        fail(f"--env-id {args.env_id} observations are not flat vectors; this MLP DQN needs a 1-D Box")
+    return obs_space.shape[0], int(action_space.n)
+
+
+def env_settings(args: Args) -> dict:
+    """The environment as run, for summary.json."""
+    spec = gym.spec(args.env_id)
+    return {
+        "sticky_action_prob": args.sticky_action_prob,
+        "action_set": "the env's Discrete space",
+        "noop_max": 0,
+        "max_episode_steps": spec.max_episode_steps,
+        "life_loss": "not applicable",
+        "reward": "raw",
+        "autoreset": "next_step",
+    }
+
+
+def record_video(q_network, env_id: str, seed: int, device, video_dir: str) -> None:
+    env = gym.wrappers.RecordVideo(
+        gym.make(env_id, render_mode="rgb_array"), video_dir, episode_trigger=lambda _: True, disable_logger=True
+    )
+    obs, _ = env.reset(seed=seed)
+    done = False
+    while not done:
+        with torch.inference_mode():
+            q = q_network(torch.as_tensor(obs[None], dtype=torch.float32, device=device))
+        obs, _, terminated, truncated, _ = env.step(int(q.argmax()))
+        done = terminated or truncated
+    env.close()
+
+
+def fail(message: str) -> None:
+    """Bad input: one line naming the problem and the fix, exit code 2, no traceback."""
+    print(f"error: {message}", file=sys.stderr)
+    sys.exit(2)
+
+
+def versions(*modules) -> dict:
+    return {"python": platform.python_version(), **{m.__name__: m.__version__ for m in modules}}
+
+
+def eval_stats(returns, lengths, truncated) -> dict:
+    r = np.asarray(returns, dtype=np.float64)
+    return {
+        "episodes": int(r.size),
+        "mean": float(r.mean()),
+        "std": float(r.std()),
+        "min": float(r.min()),
+        "max": float(r.max()),
+        "mean_length": float(np.mean(lengths)),
+        "truncated": float(np.mean(truncated)),
+    }
+
+
+def available_memory(meminfo: str = "/proc/meminfo", cgroup: str = "/sys/fs/cgroup") -> int:
+    """Bytes a new allocation can get: MemAvailable (free memory plus the page cache the kernel can drop),
+    capped by the container's cgroup limit (v2 memory.max - memory.current; v1 the memory controller's
+    limit_in_bytes - usage_in_bytes), which MemAvailable does not see."""
+    fields = dict(line.split(":", 1) for line in Path(meminfo).read_text().splitlines() if ":" in line)
+    available = int(fields["MemAvailable"].split()[0]) * 1024
+    for limit, usage in (
+        ("memory.max", "memory.current"),
+        ("memory/memory.limit_in_bytes", "memory/memory.usage_in_bytes"),
+    ):
+        try:
+            text = (Path(cgroup) / limit).read_text().strip()
+            if text != "max":
+                available = min(available, int(text) - int((Path(cgroup) / usage).read_text()))
+        except (OSError, ValueError):  # no such controller here
+            pass
+    return available
+
+
+def check_fits(nbytes: int, free: int, what: str, where: str, fix: str) -> None:
+    """Stops (exit 2) before allocating or writing `nbytes` that would not fit in `free` bytes."""
+    if nbytes > 0.9 * free:
+        fail(f"{what} needs {nbytes / 2**30:.1f} GiB but only {free / 2**30:.1f} GiB of {where} is free; {fix}")
+
+
+def all_finite(module) -> bool:
+    return all(bool(torch.isfinite(p).all()) for p in module.parameters())
+
+
+def rng_states(*generators) -> dict:
+    """Every random generator of the run: python, numpy (global and each Generator), torch CPU, CUDA and each torch.Generator."""
+    numpy_global = np.random.get_state(legacy=False)
+    numpy_global["state"]["key"] = numpy_global["state"]["key"].tolist()  # plain data: weights_only loading
+    return {
+        "python": random.getstate(),
+        "numpy": numpy_global,
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "generators": [
+            g.bit_generator.state if isinstance(g, np.random.Generator) else g.get_state() for g in generators
+        ],
+    }
+
+
+def set_rng_states(states: dict, *generators) -> None:
+    states["numpy"]["state"]["key"] = np.array(states["numpy"]["state"]["key"], dtype=np.uint32)
+    random.setstate(states["python"])
+    np.random.set_state(states["numpy"])
+    torch.set_rng_state(states["torch"])
+    if states["cuda"]:
+        torch.cuda.set_rng_state_all(states["cuda"])
+    for g, state in zip(generators, states["generators"]):
+        if isinstance(g, np.random.Generator):
+            g.bit_generator.state = state
+        else:
+            g.set_state(state)
+
+
+def resume_path(run_dir: str) -> str:
+    path = Path(run_dir) / "checkpoint"
+    if (Path(run_dir) / "summary.json").is_file() and json.loads((Path(run_dir) / "summary.json").read_text()).get(
+        "status"
+    ) == "finished":
+        fail(f"--resume {run_dir}: that run finished (summary.json); start a new run instead")
+    if not path.is_file():
+        fail(
+            f"--resume {run_dir} has no checkpoint (none was written before it stopped; see "
+            "--checkpoint-frequency); start the run again"
+        )
+    return str(path)
+
+
+def load_checkpoint(path: str, flag: str) -> dict:
+    """A checkpoint written by this script (--save-model or a periodic one), or a one-line error (exit 2).
+    Memory-mapped on the CPU: evaluating a periodic checkpoint never reads its replay buffer."""
+    try:  # weights_only: a checkpoint is data; unpickling arbitrary objects would run code from the file
+        checkpoint = torch.load(path, map_location="cpu", mmap=True, weights_only=True)
+    except Exception as e:  # garbage, empty, truncated or foreign files: EOFError, RuntimeError, UnpicklingError, ...
+        fail(
+            f"{flag} {path} is not a torch checkpoint ({type(e).__name__}); "
+            "pass a file written by --save-model or --checkpoint-frequency"
+        )
+    if not isinstance(checkpoint, dict) or checkpoint.get("script") != SCRIPT:
+        fail(
+            f"{flag} {path} was not written by {SCRIPT}; pass a file written by its --save-model "
+            "or --checkpoint-frequency"
+        )
+    return checkpoint
+
+
+def new_run_dir(args) -> Path:
+    run_name = args.run_name or f"{args.env_id.replace('/', '-')}__{Path(SCRIPT).stem}__{args.seed}__{int(time.time())}"
+    run_dir = Path("runs") / run_name
+    run_dir.mkdir(parents=True, exist_ok=True)
+    return run_dir
+
+
+class RunLog:
+    """What a run reports: TensorBoard scalars, recent returns, evaluations, a progress line, checkpoints
+    and summary.json. Its state goes into checkpoints, so a resumed run reports the whole run."""
+
+    def __init__(self, run_dir: Path, args, writer_class, total_steps: int, env: dict, state: dict | None = None):
+        self.run_dir, self.args, self.total, self.env = run_dir, args, total_steps, env
+        self.video_dir = str(run_dir / "videos") if args.capture_video else None
+        state = state or {"step": 0, "recent": [], "eval_history": [], "wall_time_s": 0.0, "eval_time_s": 0.0}
+        self.first_step, self.recent, self.eval_history = state["step"], state["recent"], state["eval_history"]
+        self.wall_before, self.eval_time_s = state["wall_time_s"], state["eval_time_s"]
+        self.eval_before = self.eval_time_s
+        self.checkpoint_step = state["step"] if self.first_step else None
+        # purge_step: TensorBoard drops what the interrupted run logged after its checkpoint (logged again now).
+        self.writer = writer_class(str(run_dir), purge_step=self.first_step + 1 if self.first_step else None)
+        if not self.first_step:
+            self.writer.add_text(
+                "hyperparameters",
+                "|param|value|\n|-|-|\n" + "\n".join(f"|{k}|{v}|" for k, v in dataclasses.asdict(args).items()),
+            )
+        self.start = self.last_print = time.time()
+
+    def wall_time(self) -> float:
+        return self.wall_before + time.time() - self.start
+
+    def train_sps(self, step: int) -> float:
+        """Environment steps per second of training alone, evaluations excluded (this session's steps)."""
+        train_time = time.time() - self.start - (self.eval_time_s - self.eval_before)
+        return (step - self.first_step) / max(train_time, 1e-9)
+
+    def episode(self, step: int, ret: float, length: int) -> None:
+        self.writer.add_scalar("charts/episodic_return", ret, step)
+        self.writer.add_scalar("charts/episodic_length", length, step)
+        self.recent = (self.recent + [float(ret)])[-20:]
+
+    def scalars(self, step: int, values: dict) -> None:
+        for tag, value in {**values, "charts/SPS": self.train_sps(step)}.items():
+            self.writer.add_scalar(tag, value, step)
+
+    def evaluation(self, step: int, episodes, seconds: float) -> None:
+        stats = eval_stats(*episodes)
+        self.eval_time_s += seconds
+        self.eval_history.append(
+            {
+                "step": step,
+                "wall_time_s": self.wall_time(),
+                "mean": stats["mean"],
+                "mean_length": stats["mean_length"],
+                "truncated": stats["truncated"],
+            }
+        )
+        self.writer.add_scalar("eval/episodic_return", stats["mean"], step)
+        self.writer.add_scalar("eval/episodic_length", stats["mean_length"], step)
+
+    def progress(self, step: int, every_s: float = 5.0) -> None:
+        """A line every `every_s` seconds: steps, steps/s, recent return, last evaluation, time left."""
+        now = time.time()
+        if now - self.last_print < every_s and step < self.total:
+            return
+        self.last_print = now
+        sps = (step - self.first_step) / max(now - self.start, 1e-9)
+        ret = f"{np.mean(self.recent):.1f}" if self.recent else "n/a"
+        ev = f" | eval {self.eval_history[-1]['mean']:.1f}" if self.eval_history else ""
+        left = time.strftime("%H:%M:%S", time.gmtime((self.total - step) / max(sps, 1e-9)))
+        print(
+            f"[{SCRIPT}] step {step:,}/{self.total:,} ({100 * step / self.total:.0f}%) | {sps:,.0f} steps/s | "
+            f"return {ret}{ev} | {left} left",
+            flush=True,
+        )
+
+    def state(self, step: int) -> dict:
+        return {
+            "step": step,
+            "recent": self.recent,
+            "eval_history": self.eval_history,
+            "wall_time_s": self.wall_time(),
+            "eval_time_s": self.eval_time_s,
+        }
+
+    def checkpoint(self, step: int, write, nbytes: int) -> None:
+        """runs/<run>/checkpoint, atomically: written beside, fsynced, renamed over the old one, so a kill at
+        any moment leaves the previous checkpoint or the new one, never half of one."""
+        if shutil.disk_usage(self.run_dir).free < 1.1 * nbytes:
+            print(
+                f"[{SCRIPT}] warning: too little free disk for a checkpoint at step {step:,}; keeping the one "
+                f"of step {self.checkpoint_step}",
+                file=sys.stderr,
+                flush=True,
+            )
+            return
+        path, tmp = self.run_dir / "checkpoint", self.run_dir / "checkpoint.tmp"
+        with open(tmp, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+        self.checkpoint_step = step
+
+    def stop_unless_finite(self, finite: bool, step: int, what: str) -> None:
+        """A non-finite loss or parameter ends the run at once (exit 3); the last good checkpoint stays."""
+        if finite:
+            return
+        kept = (
+            f"the last good checkpoint is {self.run_dir / 'checkpoint'} (step {self.checkpoint_step:,})"
+            if self.checkpoint_step is not None
+            else "no checkpoint was written (see --checkpoint-frequency)"
+        )
+        message = f"non-finite {what} by step {step:,}; {kept}"
+        print(f"error: {message}", file=sys.stderr, flush=True)
+        self.write_summary(step, None, "", {}, status="failed", failure=message)
+        self.writer.close()
+        sys.exit(3)
+
+    def write_summary(self, step: int, final, device: str, versions_: dict, status: str = "finished", **extra) -> dict:
+        wall = self.wall_time()
+        summary = {
+            "script": SCRIPT,
+            "env_id": self.args.env_id,
+            "seed": self.args.seed,
+            "total_timesteps": step,
+            "status": status,
+            "wall_time_s": wall,
+            "sps": step / max(wall - self.eval_time_s, 1e-9),
+            "sps_with_eval": step / wall,
+            "device": device,
+            "final_eval": eval_stats(*final) if final is not None else None,
+            "eval_history": self.eval_history,
+            "env": self.env,
+            "args": dataclasses.asdict(self.args),
+            "versions": versions_,
+            **extra,
+        }
+        (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+        return summary
+
+    def finish(self, step: int, final, eval_seconds: float, device: str, versions_: dict, **extra) -> dict:
+        """The final evaluation (`final`, which took `eval_seconds`) into TensorBoard and summary.json."""
+        self.eval_time_s += eval_seconds
+        self.writer.add_scalar("eval/final_episodic_return", float(np.mean(final.returns)), step)
+        self.writer.close()
+        summary = self.write_summary(step, final, device, versions_, **extra)
+        fe = summary["final_eval"]
+        print(
+            f"[{SCRIPT}] done in {summary['wall_time_s']:.1f} s: final eval over {fe['episodes']} episodes "
+            f"mean {fe['mean']:.1f} (min {fe['min']:.0f}); {self.run_dir}"
+        )
+        return summary
 
 
 if __name__ == "__main__":
-    train(tyro.cli(Args))
+    main(tyro.cli(Args))

@@ -31,9 +31,10 @@ import json
 import sys
 import time
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, Callable, NamedTuple, Optional
+from typing import Annotated, Any, NamedTuple
 
 import matplotlib
 
@@ -43,15 +44,30 @@ import numpy as np  # noqa: E402
 import tyro  # noqa: E402
 
 TOOL = Path(__file__).name
-FAMILIES = {"dqn_cartpole.py": "cartpole", "dqn_atari.py": "atari", "a2c_atari.py": "atari",
-            "ppo_minatar_jax.py": "minatar", "ppo_minatar_cnn_jax.py": "minatar"}
+FAMILIES = {
+    "dqn_cartpole.py": "cartpole",
+    "dqn_atari.py": "atari",
+    "a2c_atari.py": "atari",
+    "ppo_minatar_jax.py": "minatar",
+    "ppo_minatar_cnn_jax.py": "minatar",
+}
 DEFAULT_EPISODES = {"cartpole": 100, "atari": 30, "minatar": 1000}
 MINATAR_CHANNELS = {  # gymnax's channel order (the docstrings of gymnax/environments/minatar/*.py)
     "Asterix-MinAtar": ["player", "enemy", "trail", "gold"],
     "Breakout-MinAtar": ["paddle", "ball", "trail", "brick"],
     "Freeway-MinAtar": ["chicken", "car", "speed1", "speed2", "speed3", "speed4", "speed5"],
-    "Seaquest-MinAtar": ["sub_front", "sub_back", "friendly_bullet", "trail", "enemy_bullet", "enemy_fish",
-                         "enemy_sub", "oxygen_gauge", "diver_gauge", "diver"],
+    "Seaquest-MinAtar": [
+        "sub_front",
+        "sub_back",
+        "friendly_bullet",
+        "trail",
+        "enemy_bullet",
+        "enemy_fish",
+        "enemy_sub",
+        "oxygen_gauge",
+        "diver_gauge",
+        "diver",
+    ],
     "SpaceInvaders-MinAtar": ["cannon", "alien", "alien_left", "alien_right", "friendly_bullet", "enemy_bullet"],
 }
 MINATAR_ACTIONS = ["NOOP", "LEFT", "UP", "RIGHT", "DOWN", "FIRE"]  # MinAtar's full set; games use a subset
@@ -67,13 +83,13 @@ SHEET_FRAMES = 6
 class Args:
     run: Annotated[str, tyro.conf.Positional, tyro.conf.arg(metavar="RUN")]
     """run directory of a script run with --save-model (runs/<run-name>)"""
-    episodes: Optional[int] = None
+    episodes: int | None = None
     """episodes of the failure map (default: 1000 MinAtar, run at once; 30 Atari games; 100 CartPole)"""
     seed: int = 1
     """seed of the panel episode and of the failure episodes"""
-    max_steps: Optional[int] = None
+    max_steps: int | None = None
     """cap on the panel episode, in agent steps (default: the episode's own end)"""
-    out: Optional[str] = None
+    out: str | None = None
     """output directory (default: <run>/inspect)"""
 
 
@@ -86,7 +102,7 @@ def fail(message: str) -> None:
 class Ticker:
     """A progress line every few seconds during a long part."""
 
-    def __init__(self, label: str, total: Optional[int], every_s: float = 5.0):
+    def __init__(self, label: str, total: int | None, every_s: float = 5.0):
         self.label, self.total, self.every_s = label, total, every_s
         self.start = self.last = time.time()
 
@@ -135,14 +151,14 @@ def saved_args(module, saved: dict):
 class Agent:
     script: str
     family: str
-    module: Any             # the script, imported
-    args: Any               # its Args, as saved in the checkpoint
-    kind: str               # "probabilities" (actor-critic) or "q_values" (DQN)
+    module: Any  # the script, imported
+    args: Any  # its Args, as saved in the checkpoint
+    kind: str  # "probabilities" (actor-critic) or "q_values" (DQN)
     action_names: list
-    outputs: Callable       # obs batch -> (probabilities or Q-values, value estimates: V or max Q), numpy
-    choose: Callable        # obs batch -> actions, picked as the script's evaluation picks them
-    saliency: Callable      # (obs batch, actions) -> saliency maps, each normalized to max 1
-    jax_net: Any = None     # (network, params) of a JAX agent, for the compiled failure scan
+    outputs: Callable  # obs batch -> (probabilities or Q-values, value estimates: V or max Q), numpy
+    choose: Callable  # obs batch -> actions, picked as the script's evaluation picks them
+    saliency: Callable  # (obs batch, actions) -> saliency maps, each normalized to max 1
+    jax_net: Any = None  # (network, params) of a JAX agent, for the compiled failure scan
 
 
 def normalize_per_frame(maps: np.ndarray) -> np.ndarray:
@@ -179,8 +195,10 @@ def load_torch_agent(script: str, module, path: Path, seed: int) -> Agent:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
         args = saved_args(module, checkpoint["args"])
     except Exception as e:  # noqa: BLE001 - whatever is wrong with the file, the fix is the same
-        fail(f"{path} is not a checkpoint written by {script} --save-model ({type(e).__name__}); "
-             "pass a run trained with --save-model")
+        fail(
+            f"{path} is not a checkpoint written by {script} --save-model ({type(e).__name__}); "
+            "pass a run trained with --save-model"
+        )
     check_script(path, checkpoint, script)
     if script == "dqn_cartpole.py":
         if not args.env_id.startswith("CartPole"):
@@ -210,6 +228,7 @@ def load_torch_agent(script: str, module, path: Path, seed: int) -> Agent:
             with torch.no_grad():
                 return module.sample_actions(net(torch.as_tensor(obs))[0], generator).numpy()
     else:
+
         def head(x):  # DQN: the value estimate is max Q
             q = net(x)
             return q, q.max(1).values
@@ -223,8 +242,17 @@ def load_torch_agent(script: str, module, path: Path, seed: int) -> Agent:
             raw, values = head(torch.as_tensor(obs))
         return (raw.softmax(1) if kind == "probabilities" else raw).numpy(), values.numpy()
 
-    return Agent(script, FAMILIES[script], module, args, kind, names, outputs, choose,
-                 lambda obs, actions: torch_saliency(lambda x: head(x)[0], obs, actions))
+    return Agent(
+        script,
+        FAMILIES[script],
+        module,
+        args,
+        kind,
+        names,
+        outputs,
+        choose,
+        lambda obs, actions: torch_saliency(lambda x: head(x)[0], obs, actions),
+    )
 
 
 def load_jax_agent(script: str, module, path: Path, seed: int) -> Agent:
@@ -237,8 +265,10 @@ def load_jax_agent(script: str, module, path: Path, seed: int) -> Agent:
         args = saved_args(module, json.loads(state["args"]))
         saved = state["runner"]["params"] if "runner" in state else state["params"]  # newer: whole runner state
     except Exception as e:  # noqa: BLE001 - whatever is wrong with the file, the fix is the same
-        fail(f"{path} is not a checkpoint written by {script} --save-model ({type(e).__name__}); "
-             "pass a run trained with --save-model")
+        fail(
+            f"{path} is not a checkpoint written by {script} --save-model ({type(e).__name__}); "
+            "pass a run trained with --save-model"
+        )
     check_script(path, state, script)
     env, env_params = module.make_env(args.env_id)
     n_actions = env.action_space(env_params).n
@@ -252,16 +282,26 @@ def load_jax_agent(script: str, module, path: Path, seed: int) -> Agent:
     except (KeyError, ValueError, TypeError) as e:
         fits = f"({type(e).__name__})"
     if fits is not True:
-        fail(f"{path} does not hold {script}'s network for its saved args {fits or ''}; "
-             "pass a run trained with --save-model")
+        fail(
+            f"{path} does not hold {script}'s network for its saved args {fits or ''}; "
+            "pass a run trained with --save-model"
+        )
     outputs = jax.jit(lambda o: (jax.nn.softmax(net.logits(params, o)), net.values(params, o)))
     sample = jax.jit(lambda k, o: jax.random.categorical(k, net.logits(params, o)))
     key, steps = jax.random.PRNGKey(seed), itertools.count()
     names = [MINATAR_ACTIONS[int(a)] for a in env.action_set]
-    return Agent(script, "minatar", module, args, "probabilities", names,
-                 lambda o: tuple(map(np.asarray, outputs(o))),
-                 lambda o: np.asarray(sample(jax.random.fold_in(key, next(steps)), o)),
-                 lambda o, a: jax_saliency(lambda x: net.logits(params, x), o, a), (net, params))
+    return Agent(
+        script,
+        "minatar",
+        module,
+        args,
+        "probabilities",
+        names,
+        lambda o: tuple(map(np.asarray, outputs(o))),
+        lambda o: np.asarray(sample(jax.random.fold_in(key, next(steps)), o)),
+        lambda o, a: jax_saliency(lambda x: net.logits(params, x), o, a),
+        (net, params),
+    )
 
 
 def load_agent(script: str, path: Path, seed: int) -> Agent:
@@ -275,7 +315,9 @@ def load_agent(script: str, path: Path, seed: int) -> Agent:
 # truncated); `lost` is a loss: the episode terminated, or on Atari a life was lost.
 class CartPoleEnvs:
     def __init__(self, agent: Agent, n: int, seed: int):
-        self.envs, self.obs = agent.module.make_envs(agent.args.env_id, n, seed)
+        self.envs, self.obs = agent.module.make_envs(
+            agent.args.env_id, n, seed, getattr(agent.args, "sticky_action_prob", 0.0)
+        )
         self.lives = None
 
     def screen(self) -> np.ndarray:
@@ -301,9 +343,11 @@ class AtariEnvs:
 
     def __init__(self, agent: Agent, n: int, seed: int, rgb: bool = False):
         self.module, game, cap = agent.module, agent.module.game_name(agent.args.env_id), agent.args.eval_max_frames
-        self.envs, self.obs, info = self.module.make_envs(game, n, seed, cap)
+        sticky = getattr(agent.args, "sticky_action_prob", None)  # None: the id's meaning (older checkpoints too)
+        sticky = (0.0 if agent.args.env_id.endswith("-v4") else 0.25) if sticky is None else sticky
+        self.envs, self.obs, info = self.module.make_envs(game, n, seed, sticky, cap)
         self.lives = info["lives"]
-        self.rgb_envs, self.rgb, _ = self.module.make_envs(game, n, seed, cap, rgb=True) if rgb else (None,) * 3
+        self.rgb_envs, self.rgb, _ = self.module.make_envs(game, n, seed, sticky, cap, rgb=True) if rgb else (None,) * 3
 
     def screen(self) -> np.ndarray:
         return self.rgb[0, 0]
@@ -318,8 +362,9 @@ class AtariEnvs:
         if self.rgb_envs is not None:
             self.rgb = self.rgb_envs.step(actions)[0]
         # The scripts' rule: td_terminal = game over or a life lost (lives read from info["lives"]).
-        _, lost, _ = self.module.transition_flags(terminated, truncated, info["lives"], self.lives,
-                                                  np.zeros(len(actions), bool))
+        _, lost, _ = self.module.transition_flags(
+            terminated, truncated, info["lives"], self.lives, np.zeros(len(actions), bool)
+        )
         self.lives = info["lives"]
         return rewards, lost, terminated, truncated
 
@@ -367,19 +412,19 @@ def draw_cartpole(state, width: int = 300, height: int = 200) -> np.ndarray:
 
 # ==== Panel episode ====
 class Episode(NamedTuple):
-    screens: np.ndarray   # (T, H, W, 3) uint8, what a person sees before each step
-    obs: np.ndarray       # (T, ...) what the agent sees
-    actions: np.ndarray   # (T,)
-    scores: np.ndarray    # (T, A) action probabilities or Q-values
-    values: np.ndarray    # (T,) V(s) or max Q
-    rewards: np.ndarray   # (T,) raw reward of each step
-    lost: np.ndarray      # (T,) the step lost a life or the game
-    lives: list           # (T,) lives before each step (Atari), else None
+    screens: np.ndarray  # (T, H, W, 3) uint8, what a person sees before each step
+    obs: np.ndarray  # (T, ...) what the agent sees
+    actions: np.ndarray  # (T,)
+    scores: np.ndarray  # (T, A) action probabilities or Q-values
+    values: np.ndarray  # (T,) V(s) or max Q
+    rewards: np.ndarray  # (T,) raw reward of each step
+    lost: np.ndarray  # (T,) the step lost a life or the game
+    lives: list  # (T,) lives before each step (Atari), else None
     saliency: np.ndarray  # (T, h, w) maps, or (T, D) per observation dimension; max 1 per step
-    end: str              # "terminated", "truncated" or "max_steps"
+    end: str  # "terminated", "truncated" or "max_steps"
 
 
-def play_episode(agent: Agent, env, max_steps: Optional[int]) -> Episode:
+def play_episode(agent: Agent, env, max_steps: int | None) -> Episode:
     """One episode of env 0, recording what the panel shows; saliency computed afterwards, in batches."""
     rec: dict = {k: [] for k in Episode._fields[:-2]}
     ticker = Ticker("panel episode, steps", max_steps)
@@ -388,9 +433,16 @@ def play_episode(agent: Agent, env, max_steps: Optional[int]) -> Episode:
         scores, values = agent.outputs(obs)
         actions = agent.choose(obs)
         rewards, lost, terminated, truncated = env.step(actions)
-        for k, v in (("screens", screen), ("obs", obs[0]), ("actions", actions[0]), ("scores", scores[0]),
-                     ("values", values[0]), ("rewards", rewards[0]), ("lost", lost[0]),
-                     ("lives", None if lives is None else int(lives[0]))):
+        for k, v in (
+            ("screens", screen),
+            ("obs", obs[0]),
+            ("actions", actions[0]),
+            ("scores", scores[0]),
+            ("values", values[0]),
+            ("rewards", rewards[0]),
+            ("lost", lost[0]),
+            ("lives", None if lives is None else int(lives[0])),
+        ):
             rec[k].append(v)
         ticker(len(rec["actions"]))
         end = "terminated" if terminated[0] else "truncated" if truncated[0] else None
@@ -400,11 +452,11 @@ def play_episode(agent: Agent, env, max_steps: Optional[int]) -> Episode:
             break
     arrays = {k: v if k == "lives" else np.asarray(v) for k, v in rec.items()}
     obs, actions = arrays["obs"], arrays["actions"]
-    saliency = np.concatenate([agent.saliency(obs[i:i + 256], actions[i:i + 256]) for i in range(0, len(obs), 256)])
+    saliency = np.concatenate([agent.saliency(obs[i : i + 256], actions[i : i + 256]) for i in range(0, len(obs), 256)])
     return Episode(**arrays, saliency=saliency, end=end)
 
 
-def compose_screen(screen: np.ndarray, saliency: Optional[np.ndarray], height: int, width: int) -> np.ndarray:
+def compose_screen(screen: np.ndarray, saliency: np.ndarray | None, height: int, width: int) -> np.ndarray:
     """The screen scaled to height x width pixels, saliency drawn on it: where the map has the screen's grid
     (MinAtar), a white dot per cell, its radius 0.45 x saliency; else a white glow, alpha 0.8 x saliency^2
     (both squared in area, so that the diffuse small gradients do not hide the screen)."""
@@ -442,7 +494,7 @@ def render_panel(ep: Episode, agent: Agent, out: Path) -> None:
     if vector:
         ax_sal = fig.add_subplot(left[1])
         sal_bars = ax_sal.bar(range(ep.saliency.shape[1]), ep.saliency[0], color="tab:red")
-        ax_sal.set_xticks(range(ep.saliency.shape[1]), CARTPOLE_DIMS[:ep.saliency.shape[1]], fontsize=9)
+        ax_sal.set_xticks(range(ep.saliency.shape[1]), CARTPOLE_DIMS[: ep.saliency.shape[1]], fontsize=9)
         ax_sal.set_ylim(0, 1.05)
         ax_sal.set_title(f"saliency: |d {target} / d input|, max 1", fontsize=10)
         ax_screen.set_title("state", fontsize=10)
@@ -450,10 +502,17 @@ def render_panel(ep: Episode, agent: Agent, out: Path) -> None:
     else:
         cells = ep.saliency.shape[1:] == ep.screens.shape[1:3]
         ax_screen.set_title("screen and saliency", fontsize=10)
-        ax_screen.text(0.5, -0.01, f"saliency ({'white dots' if cells else 'white glow'}, larger = more): "
-                       f"|d {target} / d input|,\nmax over the {'channels' if cells else 'frame stack'}, "
-                       "scaled to max 1 in each frame", transform=ax_screen.transAxes, ha="center", va="top",
-                       fontsize=8)
+        ax_screen.text(
+            0.5,
+            -0.01,
+            f"saliency ({'white dots' if cells else 'white glow'}, larger = more): "
+            f"|d {target} / d input|,\nmax over the {'channels' if cells else 'frame stack'}, "
+            "scaled to max 1 in each frame",
+            transform=ax_screen.transAxes,
+            ha="center",
+            va="top",
+            fontsize=8,
+        )
 
     rows = np.arange(len(agent.action_names))
     bars = ax_act.barh(rows, ep.scores[0], color="tab:blue")
@@ -474,8 +533,15 @@ def render_panel(ep: Episode, agent: Agent, out: Path) -> None:
     ax_val.set_title("value estimate V(s)" if probs else "max_a Q(s, a)", fontsize=10, loc="left")
     (line,) = ax_val.plot([], [], color="tab:purple", lw=1.2)
     rewarded = ax_val.scatter([], [], marker="^", s=30, color="tab:green", label="reward", zorder=3)
-    lost = ax_val.scatter([], [], marker="X", s=50, color="tab:red", zorder=3,
-                          label="life lost" if agent.family == "atari" else "episode lost")
+    lost = ax_val.scatter(
+        [],
+        [],
+        marker="X",
+        s=50,
+        color="tab:red",
+        zorder=3,
+        label="life lost" if agent.family == "atari" else "episode lost",
+    )
     ax_val.legend(loc="lower right", bbox_to_anchor=(1.0, 1.0), ncol=2, fontsize=8, frameon=False, borderaxespad=0.1)
     title = fig.suptitle("", fontsize=12)
     changing += [*bars, *numbers, line, rewarded, lost, title]
@@ -490,8 +556,9 @@ def render_panel(ep: Episode, agent: Agent, out: Path) -> None:
 
     sheet_at = set(np.linspace(0, T - 1, min(SHEET_FRAMES, T)).round().astype(int).tolist())
     sheet = []
-    writer = imageio_ffmpeg.write_frames(str(out / "panel.mp4"), fig.canvas.get_width_height(), fps=FPS,
-                                         ffmpeg_log_level="error")
+    writer = imageio_ffmpeg.write_frames(
+        str(out / "panel.mp4"), fig.canvas.get_width_height(), fps=FPS, ffmpeg_log_level="error"
+    )
     with warnings.catch_warnings():  # JAX warns of any fork; this one execs ffmpeg at once, which is safe
         warnings.filterwarnings("ignore", "os.fork", RuntimeWarning)
         writer.send(None)
@@ -505,17 +572,18 @@ def render_panel(ep: Episode, agent: Agent, out: Path) -> None:
             bar.set_color("tab:orange" if i == ep.actions[t] else "tab:blue")
             numbers[i].set_position((max(v, 0.0) + 0.02 * margin, i))
             numbers[i].set_text(f"{v:.3f}" if probs else f"{v:.3g}")
-        line.set_data(steps[:t + 1], ep.values[:t + 1])
-        for marks, flags in ((rewarded, ep.rewards[:t + 1] != 0), (lost, ep.lost[:t + 1])):
-            marks.set_offsets(np.c_[steps[:t + 1][flags], ep.values[:t + 1][flags]])
+        line.set_data(steps[: t + 1], ep.values[: t + 1])
+        for marks, flags in ((rewarded, ep.rewards[: t + 1] != 0), (lost, ep.lost[: t + 1])):
+            marks.set_offsets(np.c_[steps[: t + 1][flags], ep.values[: t + 1][flags]])
         lives = "" if ep.lives[t] is None else f"   lives {ep.lives[t]}"
         title.set_text(f"{agent.script} on {agent.args.env_id}   step {t + 1}/{T}   score {score[t]:g}{lives}")
         fig.canvas.restore_region(background)
         for artist in changing:
             fig.draw_artist(artist)
         frame = np.array(np.asarray(fig.canvas.buffer_rgba())[..., :3])
-        frame[top:top + size[0], left_px:left_px + size[1]] = compose_screen(
-            ep.screens[t], None if vector else ep.saliency[t], *size)
+        frame[top : top + size[0], left_px : left_px + size[1]] = compose_screen(
+            ep.screens[t], None if vector else ep.saliency[t], *size
+        )
         writer.send(frame)
         if t in sheet_at:
             sheet.append(frame)
@@ -526,7 +594,7 @@ def render_panel(ep: Episode, agent: Agent, out: Path) -> None:
     h, w, _ = sheet[0].shape
     grid = np.full((-(-len(sheet) // cols) * h, cols * w, 3), 255, np.uint8)
     for i, frame in enumerate(sheet):
-        grid[i // cols * h:(i // cols + 1) * h, i % cols * w:(i % cols + 1) * w] = frame
+        grid[i // cols * h : (i // cols + 1) * h, i % cols * w : (i % cols + 1) * w] = frame
     plt.imsave(out / "panel.png", grid)
 
 
@@ -534,8 +602,13 @@ def render_panel(ep: Episode, agent: Agent, out: Path) -> None:
 def new_tally(frame_shape: tuple, n: int, xp=np) -> dict:
     """Failure counts of n episodes (numpy, or jax.numpy inside a compiled scan)."""
     zero = xp.zeros((), xp.int32)
-    return {"frames": xp.zeros(frame_shape, xp.float32), "losses": zero, "terminations": zero,
-            "truncations": zero, "lengths": xp.zeros(n, xp.int32)}
+    return {
+        "frames": xp.zeros(frame_shape, xp.float32),
+        "losses": zero,
+        "terminations": zero,
+        "truncations": zero,
+        "lengths": xp.zeros(n, xp.int32),
+    }
 
 
 def tally_step(tally: dict, frame, lost, terminated, truncated, running):
@@ -547,11 +620,13 @@ def tally_step(tally: dict, frame, lost, terminated, truncated, running):
     """
     lost, done = lost & running, (terminated | truncated) & running
     weights = lost.reshape(lost.shape + (1,) * (frame.ndim - 1))
-    tally = {"frames": tally["frames"] + (frame * weights).sum(0),
-             "losses": tally["losses"] + lost.sum(),
-             "terminations": tally["terminations"] + (done & terminated).sum(),
-             "truncations": tally["truncations"] + (done & ~terminated).sum(),
-             "lengths": tally["lengths"] + running}
+    tally = {
+        "frames": tally["frames"] + (frame * weights).sum(0),
+        "losses": tally["losses"] + lost.sum(),
+        "terminations": tally["terminations"] + (done & terminated).sum(),
+        "truncations": tally["truncations"] + (done & ~terminated).sum(),
+        "lengths": tally["lengths"] + running,
+    }
     return tally, running & ~done
 
 
@@ -584,7 +659,8 @@ def minatar_failures(agent: Agent, episodes: int, seed: int) -> dict:
             key, k_act, k_env = jax.random.split(key, 3)
             action = jax.random.categorical(k_act, net.logits(params, obs))
             next_obs, state, _, terminated, truncated, _ = step_envs(
-                jax.random.split(k_env, episodes), state, action, env_params)
+                jax.random.split(k_env, episodes), state, action, env_params
+            )
             frame = jnp.moveaxis(obs, -1, 1).astype(jnp.float32)  # one map per channel
             tally, running = tally_step(tally, frame, terminated, terminated, truncated, running)
             return (next_obs, state, key, tally, running), None
@@ -605,7 +681,9 @@ def run_failures(agent: Agent, episodes: int, seed: int) -> tuple:
         return tally, [channels[i] if i < len(channels) else f"channel {i}" for i in range(len(tally["frames"]))]
     if agent.family == "atari":
         return vector_failures(agent, AtariEnvs(agent, episodes, seed), episodes), [
-            "last frame before a loss (mean)", "its change from the frame before (mean |difference|)"]
+            "last frame before a loss (mean)",
+            "its change from the frame before (mean |difference|)",
+        ]
     return vector_failures(agent, CartPoleEnvs(agent, episodes, seed), episodes), ["pole angle x cart position"]
 
 
@@ -617,17 +695,25 @@ def spread(heatmap) -> dict:
         return {"total": 0.0, "cells_90": 0, "entropy_bits": 0.0}
     p = mass / total
     nonzero = p[p > 0]
-    return {"total": total, "cells_90": int(np.searchsorted(np.cumsum(p), 0.9 - 1e-9) + 1),
-            "entropy_bits": float(-(nonzero * np.log2(nonzero)).sum())}
+    return {
+        "total": total,
+        "cells_90": int(np.searchsorted(np.cumsum(p), 0.9 - 1e-9) + 1),
+        "entropy_bits": float(-(nonzero * np.log2(nonzero)).sum()),
+    }
 
 
 def failure_summary(tally: dict, names: list) -> dict:
     lengths = np.asarray(tally["lengths"])
     counts, edges = np.histogram(lengths, bins=20)
-    return {"episodes": len(lengths), "losses": int(tally["losses"]), "terminations": int(tally["terminations"]),
-            "truncations": int(tally["truncations"]), "episode_length": stats(lengths),
-            "length_histogram": {"edges": edges.tolist(), "counts": counts.tolist()},
-            "heatmaps": {name: spread(m) for name, m in zip(names, np.asarray(tally["frames"]))}}
+    return {
+        "episodes": len(lengths),
+        "losses": int(tally["losses"]),
+        "terminations": int(tally["terminations"]),
+        "truncations": int(tally["truncations"]),
+        "episode_length": stats(lengths),
+        "length_histogram": {"edges": edges.tolist(), "counts": counts.tolist()},
+        "heatmaps": {name: spread(m) for name, m in zip(names, np.asarray(tally["frames"]))},
+    }
 
 
 def plot_failures(tally: dict, names: list, summary: dict, agent: Agent, path: Path) -> None:
@@ -635,17 +721,26 @@ def plot_failures(tally: dict, names: list, summary: dict, agent: Agent, path: P
     cols = min(len(maps) + 1, 5)
     rows = -(-(len(maps) + 1) // cols)
     fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.9 * rows), squeeze=False)
-    unit = {"minatar": "fraction of losses with it there", "atari": "mean pixel value",
-            "cartpole": "fraction of losses"}[agent.family]
+    unit = {
+        "minatar": "fraction of losses with it there",
+        "atari": "mean pixel value",
+        "cartpole": "fraction of losses",
+    }[agent.family]
     for i, (ax, name, heatmap) in enumerate(zip(axes.flat, names, maps)):
         if agent.family == "cartpole":
-            im = ax.imshow(heatmap, origin="lower", aspect="auto", cmap="magma",
-                           extent=(CART_EDGES[0], CART_EDGES[-1], ANGLE_EDGES[0], ANGLE_EDGES[-1]))
+            im = ax.imshow(
+                heatmap,
+                origin="lower",
+                aspect="auto",
+                cmap="magma",
+                extent=(CART_EDGES[0], CART_EDGES[-1], ANGLE_EDGES[0], ANGLE_EDGES[-1]),
+            )
             ax.set_xlabel("cart position (m)")
             ax.set_ylabel("pole angle (degrees)")
         else:
-            im = ax.imshow(heatmap, cmap="gray" if agent.family == "atari" and i == 0 else "magma",
-                           interpolation="nearest")
+            im = ax.imshow(
+                heatmap, cmap="gray" if agent.family == "atari" and i == 0 else "magma", interpolation="nearest"
+            )
             ax.set_xticks([])
             ax.set_yticks([])
         fig.colorbar(im, ax=ax, fraction=0.046, pad=0.03).set_label(unit, fontsize=8)
@@ -655,12 +750,14 @@ def plot_failures(tally: dict, names: list, summary: dict, agent: Agent, path: P
     ax.set_xlabel("episode length (steps)")
     ax.set_ylabel("episodes")
     ax.set_title("episode lengths", fontsize=10)
-    for ax in axes.flat[len(maps) + 1:]:
+    for ax in axes.flat[len(maps) + 1 :]:
         ax.set_axis_off()
     what = "losses (lives lost)" if agent.family == "atari" else "losses (terminated)"
-    fig.suptitle(f"{agent.script} on {agent.args.env_id}: {summary['episodes']} episodes, {summary['losses']} "
-                 f"{what}, {summary['truncations']} truncated\nwhere things were on the last frame before each loss",
-                 fontsize=12)
+    fig.suptitle(
+        f"{agent.script} on {agent.args.env_id}: {summary['episodes']} episodes, {summary['losses']} "
+        f"{what}, {summary['truncations']} truncated\nwhere things were on the last frame before each loss",
+        fontsize=12,
+    )
     fig.tight_layout(rect=(0, 0, 1, 0.95))
     fig.savefig(path, dpi=90)
     plt.close(fig)
@@ -709,8 +806,12 @@ def plot_training(scalars: dict, title: str, path: Path) -> None:
         ax = fig.add_subplot(gs[rows - 1, :])
         for tag in grads:
             name = tag.split("grad_norms/")[-1].split("grad_norm/")[-1]
-            ax.plot(*scalars[tag].T, lw=1, marker="o" if len(scalars[tag]) == 1 else None,
-                    label="global" if name.endswith("grad_norm") else name)
+            ax.plot(
+                *scalars[tag].T,
+                lw=1,
+                marker="o" if len(scalars[tag]) == 1 else None,
+                label="global" if name.endswith("grad_norm") else name,
+            )
         ax.set_yscale("log")
         ax.set_title("gradient norm per layer (log scale)", fontsize=10)
         ax.set_xlabel("environment steps")
@@ -724,7 +825,7 @@ def plot_training(scalars: dict, title: str, path: Path) -> None:
 
 
 # ==== Report ====
-def stats(x) -> Optional[dict]:
+def stats(x) -> dict | None:
     x = np.asarray(x, np.float64)
     return {"mean": float(x.mean()), "min": float(x.min()), "max": float(x.max())} if x.size else None
 
@@ -732,9 +833,14 @@ def stats(x) -> Optional[dict]:
 def panel_summary(ep: Episode, agent: Agent) -> dict:
     n_actions = len(agent.action_names)
     summary = {
-        "steps": len(ep.actions), "score": float(ep.rewards.sum()), "end": ep.end, "losses": int(ep.lost.sum()),
-        "rewarded_steps": int((ep.rewards != 0).sum()), "action_names": agent.action_names,
-        "action_counts": np.bincount(ep.actions.astype(int), minlength=n_actions).tolist(), "scores": agent.kind,
+        "steps": len(ep.actions),
+        "score": float(ep.rewards.sum()),
+        "end": ep.end,
+        "losses": int(ep.lost.sum()),
+        "rewarded_steps": int((ep.rewards != 0).sum()),
+        "action_names": agent.action_names,
+        "action_counts": np.bincount(ep.actions.astype(int), minlength=n_actions).tolist(),
+        "scores": agent.kind,
         "scores_per_action": {name: stats(ep.scores[:, i]) for i, name in enumerate(agent.action_names)},
         "value": {**stats(ep.values), "first": float(ep.values[0]), "last": float(ep.values[-1])},
     }
@@ -772,16 +878,22 @@ def main(args: Args) -> dict:
     t = time.time()
     render_panel(episode, agent, out)
     timings["panel_render"] = time.time() - t
-    print(f"[{TOOL}] panel: {len(episode.actions)} steps, score {episode.rewards.sum():g} "
-          f"({timings['panel_episode'] + timings['panel_render']:.1f} s)", flush=True)
+    print(
+        f"[{TOOL}] panel: {len(episode.actions)} steps, score {episode.rewards.sum():g} "
+        f"({timings['panel_episode'] + timings['panel_render']:.1f} s)",
+        flush=True,
+    )
 
     t = time.time()
     tally, names = run_failures(agent, args.episodes or DEFAULT_EPISODES[agent.family], args.seed)
     failures = failure_summary(tally, names)
     plot_failures(tally, names, failures, agent, out / "failures.png")
     timings["failures"] = time.time() - t
-    print(f"[{TOOL}] failures: {failures['episodes']} episodes, {failures['losses']} losses, "
-          f"{failures['truncations']} truncated ({timings['failures']:.1f} s)", flush=True)
+    print(
+        f"[{TOOL}] failures: {failures['episodes']} episodes, {failures['losses']} losses, "
+        f"{failures['truncations']} truncated ({timings['failures']:.1f} s)",
+        flush=True,
+    )
 
     t = time.time()
     scalars = read_scalars(run_dir)
@@ -789,13 +901,22 @@ def main(args: Args) -> dict:
     timings["training"] = time.time() - t
     timings["total"] = time.time() - start
 
-    report = {"script": script, "env_id": agent.args.env_id, "checkpoint": str(path), "seed": args.seed,
-              "panel": panel_summary(episode, agent), "failures": failures,
-              "training": {"tags": {tag: len(v) for tag, v in sorted(scalars.items())}},
-              "timings_s": {k: round(v, 2) for k, v in timings.items()}}
+    report = {
+        "script": script,
+        "env_id": agent.args.env_id,
+        "checkpoint": str(path),
+        "seed": args.seed,
+        "panel": panel_summary(episode, agent),
+        "failures": failures,
+        "training": {"tags": {tag: len(v) for tag, v in sorted(scalars.items())}},
+        "timings_s": {k: round(v, 2) for k, v in timings.items()},
+    }
     (out / "inspect.json").write_text(json.dumps(report, indent=2))
-    print(f"[{TOOL}] done in {timings['total']:.1f} s: {out}/panel.mp4, panel.png, failures.png, training.png, "
-          "inspect.json", flush=True)
+    print(
+        f"[{TOOL}] done in {timings['total']:.1f} s: {out}/panel.mp4, panel.png, failures.png, training.png, "
+        "inspect.json",
+        flush=True,
+    )
     return report
 
 

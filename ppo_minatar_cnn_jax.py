@@ -2,7 +2,8 @@
 
     python ppo_minatar_cnn_jax.py                                  # Breakout-MinAtar, 1e7 steps, defaults
     python ppo_minatar_cnn_jax.py --env-id Asterix-MinAtar --num-seeds 3   # three agents in one program
-    python ppo_minatar_cnn_jax.py --save-model                     # keep the whole training state (resumable)
+    python ppo_minatar_cnn_jax.py --resume runs/<run>              # continue a killed run in place, exactly
+    python ppo_minatar_cnn_jax.py --save-model                     # keep the final training state
     python ppo_minatar_cnn_jax.py --eval-checkpoint runs/<run>/ppo_minatar_cnn_jax.msgpack   # evaluate only
     python ppo_minatar_cnn_jax.py --help                           # every option
 
@@ -16,7 +17,7 @@ independent agents into that one program; seed s in a batch computes what seed s
 Gymnax 1.0 auto-resets: the observation returned by a step that ends an episode is the first one of
 the next episode, and `info["final_observation"]` holds the real next state. Truncated episodes
 (time limit: 1000 steps, Freeway 2500) bootstrap from the value of that state; terminated ones
-bootstrap from zero.
+bootstrap from zero. Checkpoints hold the whole training state, environments included: resuming is exact.
 """
 
 import dataclasses
@@ -24,12 +25,13 @@ import importlib.metadata
 import json
 import os
 import platform
+import shutil
 import sys
 import time
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import Any, NamedTuple, Optional
+from typing import Any, NamedTuple
 
 import flax
 import flax.linen as nn
@@ -40,8 +42,8 @@ import optax
 import tyro
 
 SCRIPT = Path(__file__).name
-MINATAR_ENVS = ("Asterix-MinAtar", "Breakout-MinAtar", "Freeway-MinAtar", "Seaquest-MinAtar",
-                "SpaceInvaders-MinAtar")
+MINATAR_ENVS = ("Asterix-MinAtar", "Breakout-MinAtar", "Freeway-MinAtar", "Seaquest-MinAtar", "SpaceInvaders-MinAtar")
+MINATAR_ACTIONS = ("NOOP", "LEFT", "UP", "RIGHT", "DOWN", "FIRE")  # what gymnax's action_set indexes
 
 
 # ==== Arguments ====
@@ -53,18 +55,22 @@ class Args:
     """seed of the first agent; agent i of --num-seeds uses seed + i (and equals a run with that seed alone)"""
     total_timesteps: int = 10_000_000
     """environment steps to train for, per agent (summed over all envs; rounded up to whole rollouts)"""
-    run_name: Optional[str] = None
+    run_name: str | None = None
     """name of the run directory under runs/ (default: <env-id>__<script>__<seed>__<unix time>; with --num-seeds > 1, <run-name>__<seed>)"""
     cuda: bool = True
     """let JAX use a GPU when one is available (--no-cuda forces the CPU backend)"""
     capture_video: bool = False
     """record one greedy evaluation episode to runs/<run-name>/videos/ at the end (mp4)"""
     save_model: bool = False
-    """save the whole training state (parameters, optimizer and environment states, PRNG key) at the end to runs/<run-name>/ppo_minatar_cnn_jax.msgpack"""
-    eval_checkpoint: Optional[str] = None
-    """path of a checkpoint written by --save-model: evaluate it, write a summary, do not train"""
-    load_checkpoint: Optional[str] = None
-    """path of a checkpoint written by --save-model: resume that run's whole training state (parameters, optimizer and environment states, PRNG key, episode counters, update count) and train until --total-timesteps in all, the learning-rate schedule continuing from the saved update; pass that run's other flags"""
+    """save the final training state (parameters, optimizer and environment states, PRNG key) to runs/<run-name>/ppo_minatar_cnn_jax.msgpack"""
+    eval_checkpoint: str | None = None
+    """path of a checkpoint (--save-model's or runs/<run>/checkpoint, whose agent --seed picks): evaluate it, write a summary, do not train"""
+    checkpoint_frequency: int = 2_000_000
+    """environment steps between checkpoints to runs/<run-name>/checkpoint (0: none), at the first logging point past each multiple; with --num-seeds each run directory gets one holding every agent"""
+    resume: str | None = None
+    """runs/<run-name> of an interrupted run: continue it in place from its last checkpoint, with the arguments it was started with"""
+    sticky_action_prob: float = 0.0
+    """probability that an env repeats its previous action instead of the chosen one, in training and evaluation (off by default, as the Gymnax reference numbers were measured; 0.1 in the MinAtar paper, Young & Tian 2019)"""
     num_seeds: int = 1
     """independent agents trained in one program (vmapped), each with its own run directory and summary"""
 
@@ -110,47 +116,15 @@ class Args:
     """episodes of each final evaluation (sampled actions and greedy) reported in summary.json"""
 
 
-def check_args(args: Args) -> None:
-    """Stops with a one-line error (exit 2) on input that cannot work."""
-    if args.env_id not in MINATAR_ENVS:
-        fail(f"unknown --env-id {args.env_id!r}; use one of {', '.join(MINATAR_ENVS)}")
-    for name in ("total_timesteps", "num_seeds", "num_envs", "num_steps", "num_minibatches", "update_epochs",
-                 "log_frequency", "eval_frequency", "eval_episodes", "final_eval_episodes"):
-        if getattr(args, name) <= 0:
-            fail(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
-    check_network_args(args)
-    batch = args.num_envs * args.num_steps
-    if batch % args.num_minibatches:
-        fail(f"--num-envs x --num-steps = {batch} is not divisible by --num-minibatches {args.num_minibatches}; "
-             "pick a divisor")
-    if args.total_timesteps < batch:
-        fail(f"--total-timesteps {args.total_timesteps} is less than one rollout ({batch} steps = "
-             "--num-envs x --num-steps); raise it or shrink the rollout")
-    if not 0.0 < args.gamma <= 1.0 or not 0.0 <= args.gae_lambda <= 1.0 or args.learning_rate <= 0:
-        fail("--gamma must be in (0, 1], --gae-lambda in [0, 1] and --learning-rate positive")
-    if args.clip_coef <= 0 or args.max_grad_norm <= 0 or args.ent_coef < 0 or args.vf_coef < 0:
-        fail("--clip-coef and --max-grad-norm must be positive, --ent-coef and --vf-coef 0 or more")
-    for flag, path in (("--eval-checkpoint", args.eval_checkpoint), ("--load-checkpoint", args.load_checkpoint)):
-        if path is not None and not Path(path).is_file():
-            fail(f"{flag} {path} does not exist; pass a file written by --save-model")
-    if args.num_seeds > 1 and (args.eval_checkpoint or args.load_checkpoint):
-        fail("--eval-checkpoint and --load-checkpoint take one agent; use --num-seeds 1")
-
-
-def check_network_args(args: Args) -> None:
-    if not args.channels or min(args.channels) <= 0 or len(args.channels) > 4:
-        fail(f"--channels must be 1 to 4 positive channel counts (each 3x3 VALID convolution shrinks the "
-             f"10x10 screen by 2), got {args.channels}")
-    if args.hidden_size <= 0:
-        fail(f"--hidden-size must be positive, got {args.hidden_size}")
-
-
 # ==== Environment ====
-def make_env(env_id: str):
-    """A Gymnax environment (auto-resetting `step`) and its default parameters."""
+def make_env(env_id: str, sticky_action_prob: float = 0.0):
+    """A Gymnax environment (auto-resetting `step`) and its default parameters. Always wrapped, so that its
+    state (saved in checkpoints) has one structure; at probability 0 the wrapper passes every action on."""
     import gymnax
+    from gymnax.wrappers import StickyActionWrapper
 
-    return gymnax.make(env_id)
+    env, env_params = gymnax.make(env_id)
+    return StickyActionWrapper(env, sticky_action_prob), env_params
 
 
 # ==== Network ====
@@ -160,6 +134,7 @@ class Conv3x3(nn.Module):
     Same parameters and output as nn.Conv(features, (3, 3), padding="VALID"); on a 10x10 screen the
     patches are tiny and XLA's CPU convolution (above all its gradient) is many times slower than a dot.
     """
+
     features: int
 
     @nn.compact
@@ -168,12 +143,13 @@ class Conv3x3(nn.Module):
         kernel = self.param("kernel", nn.initializers.orthogonal(np.sqrt(2)), (3, 3, c, self.features))
         bias = self.param("bias", nn.initializers.zeros, (self.features,))
         h, w = x.shape[-3] - 2, x.shape[-2] - 2
-        patches = jnp.concatenate([x[..., i:i + h, j:j + w, :] for i in range(3) for j in range(3)], axis=-1)
+        patches = jnp.concatenate([x[..., i : i + h, j : j + w, :] for i in range(3) for j in range(3)], axis=-1)
         return patches @ kernel.reshape(9 * c, self.features) + bias
 
 
 class Torso(nn.Module):
     """3x3 VALID convolutions then one dense layer, ReLU throughout (10x10 -> 8x8 -> 6x6 -> 4x4)."""
+
     channels: tuple
     hidden_size: int
 
@@ -215,6 +191,7 @@ def make_networks(args: Args, n_actions: int):
 
 class ActorCritic(NamedTuple):
     """Separate policy and value networks; params are {"actor": ..., "critic": ...}."""
+
     policy: nn.Module
     value: nn.Module
 
@@ -267,24 +244,27 @@ def rollout(net: ActorCritic, env, env_params, params, env_state, obs, key, ep_r
         log_prob = jnp.take_along_axis(jax.nn.log_softmax(logits), action[:, None], axis=1)[:, 0]
         value = net.values(params, obs)
         step_keys = jax.random.split(k_env, obs.shape[0])
-        next_obs, env_state, reward, terminated, truncated, info = jax.vmap(
-            env.step, in_axes=(0, 0, 0, None))(step_keys, env_state, action, env_params)
+        next_obs, env_state, reward, terminated, truncated, info = jax.vmap(env.step, in_axes=(0, 0, 0, None))(
+            step_keys, env_state, action, env_params
+        )
         done = jnp.logical_or(terminated, truncated)
         ep_return, ep_length = ep_return + reward, ep_length + 1
         stats = (jnp.where(done, ep_return, 0.0).sum(), jnp.where(done, ep_length, 0).sum(), done.sum())
-        transition = Transition(obs, action, log_prob, value, reward, terminated.astype(jnp.float32),
-                                done.astype(jnp.float32), info["final_observation"])
+        transition = Transition(
+            obs,
+            action,
+            log_prob,
+            value,
+            reward,
+            terminated.astype(jnp.float32),
+            done.astype(jnp.float32),
+            info["final_observation"],
+        )
         ep_return, ep_length = jnp.where(done, 0.0, ep_return), jnp.where(done, 0, ep_length)
         return (env_state, next_obs, key, ep_return, ep_length), (transition, stats)
 
     carry, (traj, stats) = jax.lax.scan(step, (env_state, obs, key, ep_return, ep_length), None, num_steps)
     return carry, traj, jax.tree.map(jnp.sum, stats)
-
-
-# ==== Schedules ====
-def linear_schedule(start: float, end: float, duration: float, t):
-    """`start` at t=0, `end` from t=duration on, linear in between (works on traced t)."""
-    return end + (start - end) * jnp.clip(1.0 - t / duration, 0.0, 1.0)
 
 
 # ==== Loss ====
@@ -318,8 +298,16 @@ def normalize(x, eps: float = 1e-8):
     return (x - x.mean()) / (x.std() + eps)
 
 
-def ppo_loss(params, net: ActorCritic, batch: dict, clip_coef: float, ent_coef: float, vf_coef: float,
-             norm_adv: bool = True, clip_vloss: bool = False):
+def ppo_loss(
+    params,
+    net: ActorCritic,
+    batch: dict,
+    clip_coef: float,
+    ent_coef: float,
+    vf_coef: float,
+    norm_adv: bool = True,
+    clip_vloss: bool = False,
+):
     """Clipped PPO objective + value loss - entropy bonus; returns (loss, metrics)."""
     logits = net.logits(params, batch["obs"])
     log_probs = jax.nn.log_softmax(logits)
@@ -337,10 +325,20 @@ def ppo_loss(params, net: ActorCritic, batch: dict, clip_coef: float, ent_coef: 
         v_loss = jnp.maximum(v_loss, (v_clipped - batch["returns"]) ** 2)
     v_loss = 0.5 * v_loss.mean()
     loss = pg_loss - ent_coef * entropy + vf_coef * v_loss
-    metrics = {"policy_loss": pg_loss, "value_loss": v_loss, "entropy": entropy,
-               "approx_kl": ((ratio - 1) - log_ratio).mean(),
-               "clipfrac": (jnp.abs(ratio - 1) > clip_coef).mean()}
+    metrics = {
+        "policy_loss": pg_loss,
+        "value_loss": v_loss,
+        "entropy": entropy,
+        "approx_kl": ((ratio - 1) - log_ratio).mean(),
+        "clipfrac": (jnp.abs(ratio - 1) > clip_coef).mean(),
+    }
     return loss, metrics
+
+
+# ==== Update ====
+def linear_schedule(start: float, end: float, duration: float, t):
+    """`start` at t=0, `end` from t=duration on, linear in between (works on traced t)."""
+    return end + (start - end) * jnp.clip(1.0 - t / duration, 0.0, 1.0)
 
 
 def layer_grad_norms(grads) -> dict:
@@ -354,8 +352,8 @@ def layer_grad_norms(grads) -> dict:
 
 
 def make_optimizer(args: Args):
-    # Learning rate applied outside the transform (see update step), driven by RunnerState.update: a
-    # resumed run's schedule continues from the saved update over the new --total-timesteps.
+    # Learning rate applied outside the transform (see update step), driven by RunnerState.update, which
+    # checkpoints carry: a resumed run's schedule continues from the saved update.
     return optax.chain(optax.clip_by_global_norm(args.max_grad_norm), optax.scale_by_adam(eps=1e-5))
 
 
@@ -366,11 +364,15 @@ def epoch_minibatches(key, batch_size: int, epochs: int, num_minibatches: int):
     return jnp.stack(perms).reshape(epochs, num_minibatches, -1)
 
 
+LOSS_METRICS = ("policy_loss", "value_loss", "entropy", "approx_kl", "clipfrac", "explained_variance")
+
+
 def make_train(args: Args, env, env_params, net: ActorCritic):
     """Builds (init, train_chunk) for ONE agent; vmap them over agents.
 
-    init(key) -> RunnerState. train_chunk(runner, n) -> (runner, metric sums over n updates): one
-    update = rollout, GAE, `update_epochs` passes of `num_minibatches` shuffled minibatches.
+    init(key) -> RunnerState. train_chunk(runner, n) -> (runner, metric sums over n updates and `finite`,
+    whether every loss and parameter stayed finite): one update = rollout, GAE, `update_epochs` passes of
+    `num_minibatches` shuffled minibatches.
     """
     batch_size = args.num_envs * args.num_steps
     num_updates = -(-args.total_timesteps // batch_size)  # whole rollouts, at least total-timesteps
@@ -382,13 +384,15 @@ def make_train(args: Args, env, env_params, net: ActorCritic):
         params = net.init(k_net, obs)
         opt_state = tx.init(params)
         zeros = jnp.zeros(args.num_envs)
-        return RunnerState(params, opt_state, env_state, obs, key, zeros, zeros.astype(jnp.int32),
-                           jnp.zeros((), jnp.int32))
+        return RunnerState(
+            params, opt_state, env_state, obs, key, zeros, zeros.astype(jnp.int32), jnp.zeros((), jnp.int32)
+        )
 
     def minibatch_step(carry, batch):
         params, opt_state, lr = carry
         grads, metrics = jax.grad(ppo_loss, has_aux=True)(
-            params, net, batch, args.clip_coef, args.ent_coef, args.vf_coef, args.norm_adv, args.clip_vloss)
+            params, net, batch, args.clip_coef, args.ent_coef, args.vf_coef, args.norm_adv, args.clip_vloss
+        )
         metrics = {**metrics, **layer_grad_norms(grads), "grad_norm/global": optax.tree.norm(grads)}
         updates, opt_state = tx.update(grads, opt_state, params)
         params = optax.apply_updates(params, jax.tree.map(lambda u: -lr * u, updates))
@@ -396,22 +400,42 @@ def make_train(args: Args, env, env_params, net: ActorCritic):
 
     def update_step(runner: RunnerState):
         (env_state, obs, key, ep_return, ep_length), traj, ep_stats = rollout(
-            net, env, env_params, runner.params, runner.env_state, runner.obs, runner.key,
-            runner.ep_return, runner.ep_length, args.num_steps)
+            net,
+            env,
+            env_params,
+            runner.params,
+            runner.env_state,
+            runner.obs,
+            runner.key,
+            runner.ep_return,
+            runner.ep_length,
+            args.num_steps,
+        )
         advantages, returns = advantages_and_returns(net, runner.params, traj, args.gamma, args.gae_lambda)
-        data = {"obs": traj.obs, "action": traj.action, "log_prob": traj.log_prob, "value": traj.value,
-                "advantages": advantages, "returns": returns}
+        data = {
+            "obs": traj.obs,
+            "action": traj.action,
+            "log_prob": traj.log_prob,
+            "value": traj.value,
+            "advantages": advantages,
+            "returns": returns,
+        }
         data = jax.tree.map(lambda x: x.reshape((batch_size, *x.shape[2:])), data)
-        lr = (linear_schedule(args.learning_rate, 0.0, num_updates, runner.update)
-              if args.anneal_lr else jnp.asarray(args.learning_rate))
+        lr = (
+            linear_schedule(args.learning_rate, 0.0, num_updates, runner.update)
+            if args.anneal_lr
+            else jnp.asarray(args.learning_rate)
+        )
 
         def epoch(carry, indices):
             return jax.lax.scan(minibatch_step, carry, jax.tree.map(lambda x: x[indices], data))
 
         key, k_epochs = jax.random.split(key)
         (params, opt_state, _), metrics = jax.lax.scan(
-            epoch, (runner.params, runner.opt_state, lr),
-            epoch_minibatches(k_epochs, batch_size, args.update_epochs, args.num_minibatches))
+            epoch,
+            (runner.params, runner.opt_state, lr),
+            epoch_minibatches(k_epochs, batch_size, args.update_epochs, args.num_minibatches),
+        )
         metrics = jax.tree.map(jnp.mean, metrics)
         var_y = jnp.var(returns)
         metrics["explained_variance"] = jnp.where(var_y > 0, 1 - jnp.var(returns - traj.value) / var_y, 0.0)
@@ -430,17 +454,26 @@ def make_train(args: Args, env, env_params, net: ActorCritic):
             runner, metrics = update_step(runner)
             return runner, jax.tree.map(lambda a, m: a + m.astype(jnp.float32), sums, metrics)
 
-        return jax.lax.fori_loop(0, n_updates, body, (runner, sums))
+        runner, sums = jax.lax.fori_loop(0, n_updates, body, (runner, sums))
+        # A non-finite loss of any update leaves a non-finite sum: one flag, read with the metrics.
+        finite = jnp.stack([jnp.isfinite(x).all() for x in jax.tree.leaves((sums, runner.params))]).all()
+        return runner, {**sums, "finite": finite}
 
     return init, train_chunk
 
 
 # ==== Evaluation ====
-def evaluate(net: ActorCritic, env, env_params, episodes: int, params, key, greedy):
-    """Returns of `episodes` whole episodes, one per vmapped env, with sampled or greedy actions.
+class Episodes(NamedTuple):
+    returns: Any
+    lengths: Any
+    truncated: Any  # ended by the time limit, not by the game
+
+
+def evaluate(net: ActorCritic, env, env_params, episodes: int, params, key, greedy) -> Episodes:
+    """`episodes` whole episodes, one per vmapped env, with sampled or greedy actions.
 
     One episode per env: counting the first N episodes to finish would favour short ones. Each env
-    stops adding reward when its first episode ends (terminated or truncated).
+    stops counting when its first episode ends (terminated or truncated).
     """
     k_reset, key = jax.random.split(key)
     obs, env_state = jax.vmap(env.reset, in_axes=(0, None))(jax.random.split(k_reset, episodes), env_params)
@@ -449,18 +482,273 @@ def evaluate(net: ActorCritic, env, env_params, episodes: int, params, key, gree
         return carry[4].any()
 
     def body(carry):
-        obs, env_state, key, returns, running = carry
+        obs, env_state, key, returns, running, lengths, cut = carry
         key, k_act, k_env = jax.random.split(key, 3)
         logits = net.logits(params, obs)
         action = jnp.where(greedy, jnp.argmax(logits, -1), jax.random.categorical(k_act, logits))
         obs, env_state, reward, terminated, truncated, _ = jax.vmap(env.step, in_axes=(0, 0, 0, None))(
-            jax.random.split(k_env, episodes), env_state, action, env_params)
+            jax.random.split(k_env, episodes), env_state, action, env_params
+        )
         returns = returns + reward * running
+        lengths, cut = lengths + running, cut | (truncated & ~terminated & running)
         running = running & ~(terminated | truncated)
-        return obs, env_state, key, returns, running
+        return obs, env_state, key, returns, running, lengths, cut
 
-    carry = (obs, env_state, key, jnp.zeros(episodes), jnp.ones(episodes, bool))
-    return jax.lax.while_loop(cond, body, carry)[3]
+    carry = (
+        obs,
+        env_state,
+        key,
+        jnp.zeros(episodes),
+        jnp.ones(episodes, bool),
+        jnp.zeros(episodes, jnp.int32),
+        jnp.zeros(episodes, bool),
+    )
+    _, _, _, returns, _, lengths, cut = jax.lax.while_loop(cond, body, carry)
+    return Episodes(returns, lengths, cut)
+
+
+def make_evaluate(net: ActorCritic, env, env_params):
+    """evaluate() compiled, vmapped over agents; greedy is traced: sampled and greedy evaluations share one
+    program. Returns a function (params, keys, episodes, greedy) -> [Episodes of each agent]."""
+    run = jax.jit(
+        lambda params, keys, episodes, greedy: jax.vmap(
+            partial(evaluate, net, env, env_params, episodes), in_axes=(0, 0, None)
+        )(params, keys, greedy),
+        static_argnums=2,
+    )
+    return lambda *a: [Episodes(*x) for x in zip(*(np.asarray(y) for y in run(*a)))]
+
+
+# ==== Training ====
+def train(
+    args: Args, env, env_params, net: ActorCritic, runs: list, device: str, checkpoint: dict | None = None
+) -> list:
+    """Trains the agents of `runs` [(args with its seed, run directory)], vmapped in one program; returns their
+    summaries. With a `checkpoint` (--resume) they continue exactly where it was saved."""
+    batch = args.num_envs * args.num_steps
+    num_updates = -(-args.total_timesteps // batch)
+    init, train_chunk = make_train(args, env, env_params, net)
+    # One agent per call, not vmap(init): under vmap the orthogonal initializer's QR is one batched LAPACK call,
+    # which deadlocked XLA's CPU thread pool on 2 cores (--num-seeds 2 of the CNN). Same values either way.
+    init_one = jax.jit(init)
+    runner = jax.tree.map(lambda *leaves: jnp.stack(leaves), *[init_one(jax.random.PRNGKey(a.seed)) for a, _ in runs])
+    # Evaluation episodes are not training episodes: a key stream of their own.
+    eval_keys = jnp.stack([jax.random.fold_in(jax.random.PRNGKey(a.seed), 100_000) for a, _ in runs])
+    global_step, log_states = 0, [None] * len(runs)
+    if checkpoint is not None:
+        runner = restore(checkpoint["runner"], runner, "--resume", args.resume)
+        global_step, log_states = int(checkpoint["global_step"]), json.loads(checkpoint["log"])
+    logs = [
+        RunLog(run_dir, a, ScalarWriter, num_updates * batch, env_settings(a), state)
+        for (a, run_dir), state in zip(runs, log_states)
+    ]
+    n_params = {name: param_count(jax.tree.map(lambda x: x[0], runner.params[name])) for name in ("actor", "critic")}
+    print(
+        f"[{SCRIPT}] {args.env_id} on {device}: {len(runs)} agent(s), policy {n_params['actor']:,} "
+        f"and value {n_params['critic']:,} parameters, {env.action_space(env_params).n} actions",
+        flush=True,
+    )
+    for log in logs if global_step == 0 else []:  # logged once, at step 0 (not again by a resumed run)
+        log.writer.add_scalar("charts/policy_parameters", n_params["actor"], 0)
+        log.writer.add_scalar("charts/value_parameters", n_params["critic"], 0)
+    # Donated: the old runner's buffers are reused in place instead of copied each chunk.
+    chunk_fn = jax.jit(jax.vmap(train_chunk, in_axes=(0, None)), donate_argnums=0)
+    evaluate_all = make_evaluate(net, env, env_params)
+    updates_per_log = max(1, args.log_frequency // batch)
+    updates_per_eval = max(1, args.eval_frequency // batch)
+    while global_step < num_updates * batch:
+        done = global_step // batch
+        # Chunks end at log and eval boundaries; the count is traced, so no recompiling.
+        n = min(
+            updates_per_log - done % updates_per_log, updates_per_eval - done % updates_per_eval, num_updates - done
+        )
+        runner, sums = chunk_fn(runner, n)
+        sums = jax.device_get(sums)  # the chunk's one read from the device: its metrics and finite flags
+        global_step += n * batch
+        for i, log in enumerate(logs):
+            s = {k: float(v[i]) for k, v in sums.items()}
+            log.stop_unless_finite(bool(s["finite"]), global_step, "loss or parameters")
+            if s["episodes"] > 0:
+                log.episode(global_step, s["ep_return_sum"] / s["episodes"], s["ep_length_sum"] / s["episodes"])
+            log.scalars(
+                global_step,
+                {
+                    "charts/learning_rate": s["learning_rate"] / n,
+                    **{f"losses/{k}": v / n for k, v in s.items() if k in LOSS_METRICS or k.startswith("grad_norm/")},
+                },
+            )
+        if (done + n) % updates_per_eval == 0 or done + n == num_updates:
+            start = time.time()
+            keys = jax.vmap(jax.random.fold_in, in_axes=(0, None))(eval_keys, done + n)
+            episodes, seconds = evaluate_all(runner.params, keys, args.eval_episodes, False), time.time() - start
+            for log, agent_episodes in zip(logs, episodes):
+                log.evaluation(global_step, agent_episodes, seconds)
+        if (
+            args.checkpoint_frequency
+            and global_step < num_updates * batch
+            and global_step // args.checkpoint_frequency > (global_step - n * batch) // args.checkpoint_frequency
+        ):
+            save_checkpoint(logs, runs, jax.device_get(runner), global_step, args)
+        logs[0].progress(global_step)
+    jax.block_until_ready(runner)
+
+    start = time.time()
+    sampled, greedy = (evaluate_all(runner.params, eval_keys, args.final_eval_episodes, g) for g in (False, True))
+    seconds, summaries = time.time() - start, []
+    for i, (log, (seed_args, run_dir)) in enumerate(zip(logs, runs)):
+        log.writer.add_scalar("eval/final_greedy_episodic_return", float(np.mean(greedy[i].returns)), global_step)
+        agent = jax.tree.map(lambda x, i=i: x[i], runner)
+        if args.save_model:
+            save_model(run_dir / f"{Path(SCRIPT).stem}.msgpack", agent, global_step, seed_args)
+        if args.capture_video:
+            record_video(net, env, env_params, agent.params, eval_keys[i], str(Path(log.video_dir) / "greedy.mp4"))
+        summaries.append(
+            log.finish(
+                global_step,
+                sampled[i],
+                seconds,
+                device,
+                versions_of_libraries(),
+                final_eval_greedy=eval_stats(*greedy[i]),
+                parameter_count=n_params,
+                num_seeds_in_program=len(runs),
+                updates=num_updates,
+            )
+        )
+    return summaries
+
+
+def evaluate_checkpoint(args: Args, env, env_params, net: ActorCritic, device: str) -> dict:
+    """--eval-checkpoint: the final evaluations (sampled and greedy actions) of a saved agent, as a run of its own."""
+    checkpoint = read_checkpoint(args.eval_checkpoint, "--eval-checkpoint")
+    saved, step = checkpoint["runner"]["params"], int(checkpoint["global_step"])
+    if "run_names" in checkpoint:  # a periodic checkpoint holds every agent of its batch: --seed picks one
+        i = args.seed - json.loads(checkpoint["args"])["seed"] if len(checkpoint["run_names"]) > 1 else 0
+        if not 0 <= i < len(checkpoint["run_names"]):
+            fail(f"--eval-checkpoint {args.eval_checkpoint} holds the agents of other seeds; pass the --seed of one")
+        saved = jax.tree.map(lambda x: x[i], saved)
+    template = net.init(jax.random.PRNGKey(0), jnp.zeros((1, *env.observation_space(env_params).shape)))
+    params = restore(saved, template, "--eval-checkpoint", args.eval_checkpoint)
+    log = RunLog(new_run_dir(args), args, ScalarWriter, step, env_settings(args))
+    start, keys = time.time(), jax.random.fold_in(jax.random.PRNGKey(args.seed), 100_000)[None]
+    (sampled,), (greedy,) = (
+        make_evaluate(net, env, env_params)(jax.tree.map(lambda x: x[None], params), keys, args.final_eval_episodes, g)
+        for g in (False, True)
+    )
+    log.evaluation(step, sampled, time.time() - start)
+    log.writer.add_scalar("eval/final_greedy_episodic_return", float(np.mean(greedy.returns)), step)
+    if args.capture_video:
+        record_video(net, env, env_params, params, keys[0], str(Path(log.video_dir) / "greedy.mp4"))
+    return log.finish(
+        step,
+        sampled,
+        0.0,
+        device,
+        versions_of_libraries(),
+        final_eval_greedy=eval_stats(*greedy),
+        checkpoint=str(args.eval_checkpoint),
+        sps=float(sampled.lengths.sum()) / log.wall_time(),
+    )
+
+
+def main(args: Args) -> list:
+    """Checks everything that can be checked before heavy work, then evaluates, trains or resumes."""
+    checkpoint = None
+    if args.resume is not None:
+        checkpoint = read_checkpoint(resume_path(args.resume), "--resume")
+        if "log" not in checkpoint:
+            fail(
+                f"--resume {args.resume}: its checkpoint was written by --save-model; --resume continues a run "
+                "from the checkpoint that --checkpoint-frequency writes"
+            )
+        args = dataclasses.replace(Args(**json.loads(checkpoint["args"])), resume=args.resume)
+    check_args(args)
+    device = select_platform(args.cuda)
+    env, env_params = make_env(args.env_id, args.sticky_action_prob)
+    net = ActorCritic(*make_networks(args, env.action_space(env_params).n))
+    if args.eval_checkpoint is not None:  # one agent, no rollout: no memory check
+        return [evaluate_checkpoint(args, env, env_params, net, device)]
+    obs_bytes = int(np.prod(env.observation_space(env_params).shape)) * 4
+    stats = jax.devices()[0].memory_stats() if device != "cpu" else None
+    free = (
+        stats["bytes_limit"] - stats.get("bytes_in_use", 0) if stats and "bytes_limit" in stats else available_memory()
+    )
+    check_fits(
+        args.num_seeds * (4 * args.num_envs * args.num_steps + 4 * args.final_eval_episodes) * obs_bytes,
+        free,
+        "the rollout",
+        f"{device} memory",
+        "lower --num-envs, --num-steps or --num-seeds",
+    )
+    return train(args, env, env_params, net, seed_runs(args, checkpoint), device, checkpoint)
+
+
+# ==== Appendix: run bookkeeping (logs, summary, checkpoints, checks; nothing here affects learning) ====
+def check_args(args: Args) -> None:
+    """Stops with a one-line error (exit 2) on input that cannot work."""
+    if args.env_id not in MINATAR_ENVS:
+        fail(f"unknown --env-id {args.env_id!r}; use one of {', '.join(MINATAR_ENVS)}")
+    for name in (
+        "total_timesteps",
+        "num_seeds",
+        "num_envs",
+        "num_steps",
+        "num_minibatches",
+        "update_epochs",
+        "log_frequency",
+        "eval_frequency",
+        "eval_episodes",
+        "final_eval_episodes",
+    ):
+        if getattr(args, name) <= 0:
+            fail(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
+    check_network_args(args)
+    batch = args.num_envs * args.num_steps
+    if batch % args.num_minibatches:
+        fail(
+            f"--num-envs x --num-steps = {batch} is not divisible by --num-minibatches {args.num_minibatches}; "
+            "pick a divisor"
+        )
+    if args.total_timesteps < batch:
+        fail(
+            f"--total-timesteps {args.total_timesteps} is less than one rollout ({batch} steps = "
+            "--num-envs x --num-steps); raise it or shrink the rollout"
+        )
+    if not 0.0 < args.gamma <= 1.0 or not 0.0 <= args.gae_lambda <= 1.0 or args.learning_rate <= 0:
+        fail("--gamma must be in (0, 1], --gae-lambda in [0, 1] and --learning-rate positive")
+    if args.clip_coef <= 0 or args.max_grad_norm <= 0 or args.ent_coef < 0 or args.vf_coef < 0:
+        fail("--clip-coef and --max-grad-norm must be positive, --ent-coef and --vf-coef 0 or more")
+    if args.checkpoint_frequency < 0 or not 0.0 <= args.sticky_action_prob < 1.0:
+        fail("--checkpoint-frequency must be 0 or more and --sticky-action-prob in [0, 1)")
+    if args.eval_checkpoint is not None and not Path(args.eval_checkpoint).is_file():
+        fail(f"--eval-checkpoint {args.eval_checkpoint} does not exist; pass a --save-model file or a checkpoint")
+    if args.num_seeds > 1 and args.eval_checkpoint:
+        fail("--eval-checkpoint takes one agent; use --num-seeds 1 (and --seed to pick one of a batch)")
+
+
+def check_network_args(args: Args) -> None:
+    if not args.channels or min(args.channels) <= 0 or len(args.channels) > 4:
+        fail(
+            f"--channels must be 1 to 4 positive channel counts (each 3x3 VALID convolution shrinks the "
+            f"10x10 screen by 2), got {args.channels}"
+        )
+    if args.hidden_size <= 0:
+        fail(f"--hidden-size must be positive, got {args.hidden_size}")
+
+
+def env_settings(args: Args) -> dict:
+    """The environment as run, for summary.json."""
+    env, env_params = make_env(args.env_id, args.sticky_action_prob)
+    actions = " ".join(MINATAR_ACTIONS[int(a)] for a in env.action_set)
+    return {
+        "sticky_action_prob": args.sticky_action_prob,
+        "action_set": f"{len(env.action_set)} actions: {actions}",
+        "noop_max": 0,
+        "max_episode_steps": int(env_params.max_steps_in_episode),
+        "life_loss": "not applicable",
+        "reward": "raw",
+        "autoreset": "gymnax same-step (final observation in info)",
+    }
 
 
 def record_video(net: ActorCritic, env, env_params, params, key, path: str) -> None:
@@ -483,13 +771,6 @@ def record_video(net: ActorCritic, env, env_params, params, key, path: str) -> N
     ImageSequenceClip(frames, fps=15).write_videofile(path, logger=None)
 
 
-def plt_colours(n: int):
-    base = [(255, 200, 0), (0, 200, 255), (120, 120, 255), (255, 80, 80), (80, 255, 80), (255, 0, 255),
-            (200, 200, 200), (255, 140, 0), (0, 255, 200), (140, 0, 255)]
-    return [base[i % len(base)] for i in range(n)]
-
-
-# ==== Run bookkeeping ====
 def fail(message: str) -> None:
     """Bad input: one line naming the problem and the fix, exit code 2, no traceback."""
     print(f"error: {message}", file=sys.stderr)
@@ -500,115 +781,213 @@ def versions(*modules) -> dict:
     return {"python": platform.python_version(), **{m.__name__: m.__version__ for m in modules}}
 
 
-def eval_stats(returns) -> dict:
+def eval_stats(returns, lengths, truncated) -> dict:
     r = np.asarray(returns, dtype=np.float64)
-    return {"episodes": int(r.size), "mean": float(r.mean()), "std": float(r.std()),
-            "min": float(r.min()), "max": float(r.max())}
-
-
-def check_memory(nbytes: int, flag: str) -> None:
-    """Stops before allocating `nbytes` that would not fit in free (accelerator or host) memory."""
-    device = jax.devices()[0]
-    stats = device.memory_stats() if device.platform != "cpu" else None
-    if stats and "bytes_limit" in stats:
-        free = stats["bytes_limit"] - stats.get("bytes_in_use", 0)
-    else:
-        free = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    if nbytes > 0.9 * free:
-        fail(f"the rollout needs about {nbytes / 2**30:.1f} GiB but only {free / 2**30:.1f} GiB of "
-             f"{device.platform} memory is free; lower {flag}")
-
-
-class Progress:
-    """A line every `every_s` seconds: steps, steps/s, recent return, time left."""
-
-    def __init__(self, total: int, first: int = 0, every_s: float = 5.0):
-        self.total, self.first, self.every_s = total, first, every_s  # first: the step this run starts at
-        self.start = self.last = time.time()
-
-    def update(self, step: int, recent_return: Optional[float], extra: str = "") -> None:
-        now = time.time()
-        if now - self.last < self.every_s and step < self.total:
-            return
-        self.last = now
-        sps = (step - self.first) / max(now - self.start, 1e-9)
-        left = (self.total - step) / max(sps, 1e-9)
-        ret = "n/a" if recent_return is None else f"{recent_return:.1f}"
-        print(f"[{SCRIPT}] step {step:,}/{self.total:,} ({100 * step / self.total:.0f}%) | "
-              f"{sps:,.0f} steps/s | return {ret}{extra} | {time.strftime('%H:%M:%S', time.gmtime(left))} left",
-              flush=True)
-
-
-def write_summary(run_dir: Path, args, env_id: str, total_timesteps: int, wall_time_s: float,
-                  sps: float, device: str, final_returns, eval_history: list, versions_: dict,
-                  **extra) -> dict:
-    summary = {
-        "script": SCRIPT, "env_id": env_id, "seed": args.seed, "total_timesteps": total_timesteps,
-        "wall_time_s": wall_time_s, "sps": sps, "device": device,
-        "final_eval": eval_stats(final_returns), "eval_history": eval_history,
-        "args": dataclasses.asdict(args), "versions": versions_, **extra,
+    return {
+        "episodes": int(r.size),
+        "mean": float(r.mean()),
+        "std": float(r.std()),
+        "min": float(r.min()),
+        "max": float(r.max()),
+        "mean_length": float(np.mean(lengths)),
+        "truncated": float(np.mean(truncated)),
     }
-    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
-    return summary
 
 
-class ScalarWriter:
-    """TensorBoard scalars without torch, as `simple_value` events (what torch's SummaryWriter writes).
-
-    tensorboard.summary.Writer stores scalars as tensors, which EventAccumulator's scalar API (used by
-    tests/conftest.py's read_scalars) does not list; TensorBoard itself shows both.
-    """
-
-    def __init__(self, logdir: str):
-        from tensorboard.summary.writer.event_file_writer import EventFileWriter
-
-        self._writer = EventFileWriter(logdir)
-
-    def add_scalar(self, tag: str, value: float, step: int) -> None:
-        from tensorboard.compat.proto.event_pb2 import Event
-        from tensorboard.compat.proto.summary_pb2 import Summary
-
-        summary = Summary(value=[Summary.Value(tag=tag, simple_value=float(value))])
-        self._writer.add_event(Event(wall_time=time.time(), step=int(step), summary=summary))
-
-    def flush(self) -> None:
-        self._writer.flush()
-
-    def close(self) -> None:
-        self._writer.close()
+def available_memory(meminfo: str = "/proc/meminfo", cgroup: str = "/sys/fs/cgroup") -> int:
+    """Bytes a new allocation can get: MemAvailable (free memory plus the page cache the kernel can drop),
+    capped by the container's cgroup limit (v2 memory.max - memory.current; v1 the memory controller's
+    limit_in_bytes - usage_in_bytes), which MemAvailable does not see."""
+    fields = dict(line.split(":", 1) for line in Path(meminfo).read_text().splitlines() if ":" in line)
+    available = int(fields["MemAvailable"].split()[0]) * 1024
+    for limit, usage in (
+        ("memory.max", "memory.current"),
+        ("memory/memory.limit_in_bytes", "memory/memory.usage_in_bytes"),
+    ):
+        try:
+            text = (Path(cgroup) / limit).read_text().strip()
+            if text != "max":
+                available = min(available, int(text) - int((Path(cgroup) / usage).read_text()))
+        except (OSError, ValueError):  # no such controller here
+            pass
+    return available
 
 
-def save_checkpoint(path: Path, runner: RunnerState, global_step: int, args: Args) -> None:
-    """One agent's whole training state: --load-checkpoint resumes exactly where this run stopped."""
-    state = {"script": SCRIPT, "runner": flax.serialization.to_state_dict(runner),
-             "global_step": global_step, "args": json.dumps(dataclasses.asdict(args))}
-    path.write_bytes(flax.serialization.msgpack_serialize(jax.device_get(state)))
+def check_fits(nbytes: int, free: int, what: str, where: str, fix: str) -> None:
+    """Stops (exit 2) before allocating or writing `nbytes` that would not fit in `free` bytes."""
+    if nbytes > 0.9 * free:
+        fail(f"{what} needs {nbytes / 2**30:.1f} GiB but only {free / 2**30:.1f} GiB of {where} is free; {fix}")
 
 
-def load_checkpoint(path: str, template: RunnerState, whole: bool = True):
-    """(RunnerState, global_step) of a checkpoint of this script, in the structure of a freshly built
-    template: all of it, or with whole=False only its parameters (the rest is the template's).
-    Any other file is bad input: garbage, another script's checkpoint, other layer sizes or games."""
-    try:
-        state = flax.serialization.msgpack_restore(Path(path).read_bytes())
-        script, saved, global_step = state["script"], state["runner"], int(state["global_step"])
-        if not whole:
-            saved = {**flax.serialization.to_state_dict(template), "params": saved["params"]}
-    except Exception:  # msgpack makes errors, ints or foreign dicts out of foreign bytes
-        fail(f"{path} is not a checkpoint of {SCRIPT}; pass a file written by its --save-model")
-    if script != SCRIPT:
-        fail(f"{path} is a checkpoint of {script!r}, not of {SCRIPT}; pass one written by {SCRIPT} --save-model")
-    # from_state_dict checks names, not shapes (classic bug: other layer sizes load without a word).
-    if jax.tree.map(np.shape, saved) != jax.tree.map(np.shape, flax.serialization.to_state_dict(template)):
-        fail(f"checkpoint {path} was written with other settings; pass the --env-id and network flags"
-             f"{' and --num-envs' if whole else ''} of the run that wrote it")
-    # Into copies of the template's arrays, whose exact types (gymnax leaves some weak) make the resumed
-    # run compile to the program that the saved run ran.
-    restored = flax.serialization.from_state_dict(template, saved)
-    return jax.tree.map(lambda t, x: t.at[...].set(x), template, restored), global_step
+def resume_path(run_dir: str) -> str:
+    path = Path(run_dir) / "checkpoint"
+    if (Path(run_dir) / "summary.json").is_file() and json.loads((Path(run_dir) / "summary.json").read_text()).get(
+        "status"
+    ) == "finished":
+        fail(f"--resume {run_dir}: that run finished (summary.json); start a new run instead")
+    if not path.is_file():
+        fail(
+            f"--resume {run_dir} has no checkpoint (none was written before it stopped; see "
+            "--checkpoint-frequency); start the run again"
+        )
+    return str(path)
 
 
-# ==== Training ====
+def new_run_dir(args) -> Path:
+    run_name = args.run_name or f"{args.env_id.replace('/', '-')}__{Path(SCRIPT).stem}__{args.seed}__{int(time.time())}"
+    run_dir = Path("runs") / run_name
+    run_dir.mkdir(parents=True, exist_ok=True)
+    return run_dir
+
+
+class RunLog:
+    """What a run reports: TensorBoard scalars, recent returns, evaluations, a progress line, checkpoints
+    and summary.json. Its state goes into checkpoints, so a resumed run reports the whole run."""
+
+    def __init__(self, run_dir: Path, args, writer_class, total_steps: int, env: dict, state: dict | None = None):
+        self.run_dir, self.args, self.total, self.env = run_dir, args, total_steps, env
+        self.video_dir = str(run_dir / "videos") if args.capture_video else None
+        state = state or {"step": 0, "recent": [], "eval_history": [], "wall_time_s": 0.0, "eval_time_s": 0.0}
+        self.first_step, self.recent, self.eval_history = state["step"], state["recent"], state["eval_history"]
+        self.wall_before, self.eval_time_s = state["wall_time_s"], state["eval_time_s"]
+        self.eval_before = self.eval_time_s
+        self.checkpoint_step = state["step"] if self.first_step else None
+        # purge_step: TensorBoard drops what the interrupted run logged after its checkpoint (logged again now).
+        self.writer = writer_class(str(run_dir), purge_step=self.first_step + 1 if self.first_step else None)
+        if not self.first_step:
+            self.writer.add_text(
+                "hyperparameters",
+                "|param|value|\n|-|-|\n" + "\n".join(f"|{k}|{v}|" for k, v in dataclasses.asdict(args).items()),
+            )
+        self.start = self.last_print = time.time()
+
+    def wall_time(self) -> float:
+        return self.wall_before + time.time() - self.start
+
+    def train_sps(self, step: int) -> float:
+        """Environment steps per second of training alone, evaluations excluded (this session's steps)."""
+        train_time = time.time() - self.start - (self.eval_time_s - self.eval_before)
+        return (step - self.first_step) / max(train_time, 1e-9)
+
+    def episode(self, step: int, ret: float, length: int) -> None:
+        self.writer.add_scalar("charts/episodic_return", ret, step)
+        self.writer.add_scalar("charts/episodic_length", length, step)
+        self.recent = (self.recent + [float(ret)])[-20:]
+
+    def scalars(self, step: int, values: dict) -> None:
+        for tag, value in {**values, "charts/SPS": self.train_sps(step)}.items():
+            self.writer.add_scalar(tag, value, step)
+
+    def evaluation(self, step: int, episodes, seconds: float) -> None:
+        stats = eval_stats(*episodes)
+        self.eval_time_s += seconds
+        self.eval_history.append(
+            {
+                "step": step,
+                "wall_time_s": self.wall_time(),
+                "mean": stats["mean"],
+                "mean_length": stats["mean_length"],
+                "truncated": stats["truncated"],
+            }
+        )
+        self.writer.add_scalar("eval/episodic_return", stats["mean"], step)
+        self.writer.add_scalar("eval/episodic_length", stats["mean_length"], step)
+
+    def progress(self, step: int, every_s: float = 5.0) -> None:
+        """A line every `every_s` seconds: steps, steps/s, recent return, last evaluation, time left."""
+        now = time.time()
+        if now - self.last_print < every_s and step < self.total:
+            return
+        self.last_print = now
+        sps = (step - self.first_step) / max(now - self.start, 1e-9)
+        ret = f"{np.mean(self.recent):.1f}" if self.recent else "n/a"
+        ev = f" | eval {self.eval_history[-1]['mean']:.1f}" if self.eval_history else ""
+        left = time.strftime("%H:%M:%S", time.gmtime((self.total - step) / max(sps, 1e-9)))
+        print(
+            f"[{SCRIPT}] step {step:,}/{self.total:,} ({100 * step / self.total:.0f}%) | {sps:,.0f} steps/s | "
+            f"return {ret}{ev} | {left} left",
+            flush=True,
+        )
+
+    def state(self, step: int) -> dict:
+        return {
+            "step": step,
+            "recent": self.recent,
+            "eval_history": self.eval_history,
+            "wall_time_s": self.wall_time(),
+            "eval_time_s": self.eval_time_s,
+        }
+
+    def checkpoint(self, step: int, write, nbytes: int) -> None:
+        """runs/<run>/checkpoint, atomically: written beside, fsynced, renamed over the old one, so a kill at
+        any moment leaves the previous checkpoint or the new one, never half of one."""
+        if shutil.disk_usage(self.run_dir).free < 1.1 * nbytes:
+            print(
+                f"[{SCRIPT}] warning: too little free disk for a checkpoint at step {step:,}; keeping the one "
+                f"of step {self.checkpoint_step}",
+                file=sys.stderr,
+                flush=True,
+            )
+            return
+        path, tmp = self.run_dir / "checkpoint", self.run_dir / "checkpoint.tmp"
+        with open(tmp, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+        self.checkpoint_step = step
+
+    def stop_unless_finite(self, finite: bool, step: int, what: str) -> None:
+        """A non-finite loss or parameter ends the run at once (exit 3); the last good checkpoint stays."""
+        if finite:
+            return
+        kept = (
+            f"the last good checkpoint is {self.run_dir / 'checkpoint'} (step {self.checkpoint_step:,})"
+            if self.checkpoint_step is not None
+            else "no checkpoint was written (see --checkpoint-frequency)"
+        )
+        message = f"non-finite {what} by step {step:,}; {kept}"
+        print(f"error: {message}", file=sys.stderr, flush=True)
+        self.write_summary(step, None, "", {}, status="failed", failure=message)
+        self.writer.close()
+        sys.exit(3)
+
+    def write_summary(self, step: int, final, device: str, versions_: dict, status: str = "finished", **extra) -> dict:
+        wall = self.wall_time()
+        summary = {
+            "script": SCRIPT,
+            "env_id": self.args.env_id,
+            "seed": self.args.seed,
+            "total_timesteps": step,
+            "status": status,
+            "wall_time_s": wall,
+            "sps": step / max(wall - self.eval_time_s, 1e-9),
+            "sps_with_eval": step / wall,
+            "device": device,
+            "final_eval": eval_stats(*final) if final is not None else None,
+            "eval_history": self.eval_history,
+            "env": self.env,
+            "args": dataclasses.asdict(self.args),
+            "versions": versions_,
+            **extra,
+        }
+        (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+        return summary
+
+    def finish(self, step: int, final, eval_seconds: float, device: str, versions_: dict, **extra) -> dict:
+        """The final evaluation (`final`, which took `eval_seconds`) into TensorBoard and summary.json."""
+        self.eval_time_s += eval_seconds
+        self.writer.add_scalar("eval/final_episodic_return", float(np.mean(final.returns)), step)
+        self.writer.close()
+        summary = self.write_summary(step, final, device, versions_, **extra)
+        fe = summary["final_eval"]
+        print(
+            f"[{SCRIPT}] done in {summary['wall_time_s']:.1f} s: final eval over {fe['episodes']} episodes "
+            f"mean {fe['mean']:.1f} (min {fe['min']:.0f}); {self.run_dir}"
+        )
+        return summary
+
+
 # jaxlib 0.10's CPU scheduler that runs independent ops concurrently can deadlock: with it, --num-seeds 3
 # with 256-wide MLPs hangs in its first update at 0% CPU, forever, on the 2-core test machine. Off, the
 # results are bit-identical and the MLP about 3% slower.
@@ -625,165 +1004,160 @@ def select_platform(cuda: bool) -> str:
     return jax.default_backend()
 
 
-def seed_runs(args: Args) -> list:
-    """(seed, run_dir, args with that seed) for each agent of --num-seeds."""
-    stamp = int(time.time())
-    runs = []
-    for i in range(args.num_seeds):
-        seed = args.seed + i
-        if args.run_name is None:
-            name = f"{args.env_id}__{Path(SCRIPT).stem}__{seed}__{stamp}"
-        else:
-            name = args.run_name if args.num_seeds == 1 else f"{args.run_name}__{seed}"
-        runs.append((seed, Path("runs") / name, dataclasses.replace(args, seed=seed)))
-    return runs
+def seed_runs(args: Args, checkpoint: dict | None = None) -> list:
+    """(args with its seed, run directory) of each agent of --num-seeds: new directories (<run-name>__<seed>
+    for a batch), or with a --resume checkpoint those of its batch, beside the one named."""
+    if checkpoint is not None:
+        dirs = (
+            [Path(args.resume)]
+            if args.num_seeds == 1
+            else [Path(args.resume).parent / name for name in checkpoint["run_names"]]
+        )
+    elif args.num_seeds == 1:
+        dirs = [new_run_dir(args)]
+    else:
+        prefix = args.run_name or f"{args.env_id}__{Path(SCRIPT).stem}"
+        stamp = "" if args.run_name else f"__{int(time.time())}"  # one for the whole batch
+        dirs = [
+            new_run_dir(dataclasses.replace(args, run_name=f"{prefix}__{args.seed + i}{stamp}"))
+            for i in range(args.num_seeds)
+        ]
+    return [(dataclasses.replace(args, seed=args.seed + i), run_dir) for i, run_dir in enumerate(dirs)]
 
 
-def train(args: Args) -> list:
-    """Trains --num-seeds agents; returns their summaries (one per agent)."""
-    check_args(args)
-    device = select_platform(args.cuda)
-    env, env_params = make_env(args.env_id)
-    n_actions = env.action_space(env_params).n
-    obs_shape = env.observation_space(env_params).shape
-    batch = args.num_envs * args.num_steps
-    obs_bytes = int(np.prod(obs_shape)) * 4
-    check_memory(args.num_seeds * (2 * batch * obs_bytes * 2 + args.final_eval_episodes * obs_bytes * 4),
-                 "--num-envs, --num-steps or --num-seeds")
-    net = ActorCritic(*make_networks(args, n_actions))
-    runs = seed_runs(args)
-    keys = jnp.stack([jax.random.PRNGKey(seed) for seed, _, _ in runs])
-    # Evaluation episodes are not training episodes: a key stream of their own.
-    eval_keys = jnp.stack([jax.random.fold_in(jax.random.PRNGKey(seed), 100_000) for seed, _, _ in runs])
-    init, train_chunk = make_train(args, env, env_params, net)
-    # One agent per call, not vmap(init): under vmap, the QR of the orthogonal initializer becomes one
-    # batched LAPACK call that splits its batch over XLA's CPU thread pool while other ops hold the pool's
-    # threads; on 2 cores, --num-seeds 2 of the CNN deadlocked there. Same values either way.
-    init_one = jax.jit(init)
-    agents = [init_one(key) for key in keys]
-    num_updates = -(-args.total_timesteps // batch)
-    start_update = 0
-    if args.eval_checkpoint or args.load_checkpoint:  # read before any run directory exists (bad input)
-        loaded, ckpt_step = load_checkpoint(args.eval_checkpoint or args.load_checkpoint, agents[0],
-                                            whole=args.eval_checkpoint is None)
-    if args.load_checkpoint and args.eval_checkpoint is None:
-        start_update = int(loaded.update)
-        if start_update * batch != ckpt_step:
-            fail(f"checkpoint {args.load_checkpoint} took {ckpt_step} steps in {start_update} updates, not "
-                 f"{batch} per update; pass the --num-envs and --num-steps of the run that wrote it")
-        if start_update >= num_updates:
-            fail(f"checkpoint {args.load_checkpoint} has trained {ckpt_step} steps already; --total-timesteps "
-                 "counts them: raise it above that")
-    start_step = start_update * batch
-    for _, run_dir, _ in runs:
-        run_dir.mkdir(parents=True, exist_ok=True)
-    versions_ = {**versions(jax, flax, optax, np), "gymnax": importlib.metadata.version("gymnax")}
-    ckpt_name = f"{Path(SCRIPT).stem}.msgpack"
-    # Greedy is traced: sampled and greedy evaluations share one compiled program.
-    eval_fn = jax.jit(lambda params, keys, episodes, greedy: jax.vmap(
-        partial(evaluate, net, env, env_params, episodes), in_axes=(0, 0, None))(params, keys, greedy),
-        static_argnums=2)
+def plt_colours(n: int):
+    base = [
+        (255, 200, 0),
+        (0, 200, 255),
+        (120, 120, 255),
+        (255, 80, 80),
+        (80, 255, 80),
+        (255, 0, 255),
+        (200, 200, 200),
+        (255, 140, 0),
+        (0, 255, 200),
+        (140, 0, 255),
+    ]
+    return [base[i % len(base)] for i in range(n)]
 
-    if args.eval_checkpoint is not None:
-        params, global_step = loaded.params, ckpt_step
-        start = time.time()
-        params_k = jax.tree.map(lambda x: x[None], params)
-        sampled = np.asarray(eval_fn(params_k, eval_keys, args.final_eval_episodes, False))[0]
-        greedy = np.asarray(eval_fn(params_k, eval_keys, args.final_eval_episodes, True))[0]
-        wall = time.time() - start
-        seed, run_dir, seed_args = runs[0]
-        if args.capture_video:
-            record_video(net, env, env_params, params, eval_keys[0], str(run_dir / "videos" / "greedy.mp4"))
-        history = [{"step": global_step, "wall_time_s": wall, "mean": float(sampled.mean())}]
-        summary = write_summary(run_dir, seed_args, args.env_id, global_step, wall, global_step / wall, device,
-                                sampled, history, versions_, final_eval_greedy=eval_stats(greedy),
-                                checkpoint=str(args.eval_checkpoint))
-        print(f"[{SCRIPT}] evaluated {args.eval_checkpoint}: sampled {summary['final_eval']}, "
-              f"greedy {summary['final_eval_greedy']}")
-        return [summary]
 
-    writers = [ScalarWriter(str(run_dir)) for _, run_dir, _ in runs]
+def versions_of_libraries() -> dict:
+    return {**versions(jax, flax, optax, np), "gymnax": importlib.metadata.version("gymnax")}
 
-    start = time.time()
-    runner = jax.tree.map(lambda *leaves: jnp.stack(leaves), *agents)
-    if args.load_checkpoint is not None:
-        runner = jax.tree.map(lambda x: x[None], loaded)
-    n_params = {"actor": param_count(jax.tree.map(lambda x: x[0], runner.params["actor"])),
-                "critic": param_count(jax.tree.map(lambda x: x[0], runner.params["critic"]))}
-    print(f"[{SCRIPT}] {args.env_id} on {device}: {args.num_seeds} agent(s), policy {n_params['actor']:,} "
-          f"and value {n_params['critic']:,} parameters, {n_actions} actions", flush=True)
-    for w in writers:
-        w.add_scalar("charts/policy_parameters", n_params["actor"], 0)
-        w.add_scalar("charts/value_parameters", n_params["critic"], 0)
-    # Donated: the old runner's buffers are reused in place instead of copied each chunk.
-    chunk_fn = jax.jit(jax.vmap(train_chunk, in_axes=(0, None)), donate_argnums=0)
 
-    updates_per_log = max(1, args.log_frequency // batch)
-    updates_per_eval = max(1, args.eval_frequency // batch)
-    progress = Progress(num_updates * batch, start_step)
-    eval_history: list = [[] for _ in runs]
-    done_updates, recent = start_update, None
-    while done_updates < num_updates:
-        # Chunks end at log and eval boundaries; the count is traced, so no recompiling.
-        n = min(updates_per_log - done_updates % updates_per_log,
-                updates_per_eval - done_updates % updates_per_eval, num_updates - done_updates)
-        runner, sums = chunk_fn(runner, n)
-        sums = jax.device_get(sums)
-        done_updates += n
-        global_step = done_updates * batch
-        sps = (global_step - start_step) / (time.time() - start)
-        recent_all = []
-        for i, w in enumerate(writers):
-            s = {k: float(v[i]) for k, v in sums.items()}
-            if s["episodes"] > 0:
-                w.add_scalar("charts/episodic_return", s["ep_return_sum"] / s["episodes"], global_step)
-                w.add_scalar("charts/episodic_length", s["ep_length_sum"] / s["episodes"], global_step)
-                recent_all.append(s["ep_return_sum"] / s["episodes"])
-            w.add_scalar("charts/learning_rate", s["learning_rate"] / n, global_step)
-            w.add_scalar("charts/SPS", sps, global_step)
-            for k in ("policy_loss", "value_loss", "entropy", "approx_kl", "clipfrac", "explained_variance"):
-                w.add_scalar(f"losses/{k}", s[k] / n, global_step)
-            for k in s:
-                if k.startswith("grad_norm/"):
-                    w.add_scalar(f"losses/{k}", s[k] / n, global_step)
-            w.flush()
-        recent = float(np.mean(recent_all)) if recent_all else recent
-        if done_updates % updates_per_eval == 0 or done_updates == num_updates:
-            returns = np.asarray(eval_fn(
-                runner.params, jax.vmap(jax.random.fold_in, in_axes=(0, None))(eval_keys, done_updates),
-                args.eval_episodes, False))
-            for i, w in enumerate(writers):
-                eval_history[i].append({"step": global_step, "wall_time_s": time.time() - start,
-                                        "mean": float(returns[i].mean())})
-                w.add_scalar("eval/episodic_return", float(returns[i].mean()), global_step)
-        last_eval = np.mean([h[-1]["mean"] for h in eval_history]) if eval_history[0] else None
-        progress.update(global_step, recent, "" if last_eval is None else f" | eval {last_eval:.1f}")
-    jax.block_until_ready(runner)
-    train_time = time.time() - start
+class ScalarWriter:
+    """TensorBoard events without torch, as torch's SummaryWriter writes them: scalars as `simple_value`
+    (tensorboard.summary.Writer stores them as tensors, which EventAccumulator's scalar API, used by
+    tests/conftest.py's read_scalars, does not list), text for the text plugin, and purge_step."""
 
-    sampled = np.asarray(eval_fn(runner.params, eval_keys, args.final_eval_episodes, False))
-    greedy = np.asarray(eval_fn(runner.params, eval_keys, args.final_eval_episodes, True))
-    wall_time = time.time() - start
-    summaries = []
-    for i, (seed, run_dir, seed_args) in enumerate(runs):
-        params_i = jax.tree.map(lambda x: x[i], runner.params)
-        writers[i].add_scalar("eval/final_episodic_return", float(sampled[i].mean()), global_step)
-        writers[i].add_scalar("eval/final_greedy_episodic_return", float(greedy[i].mean()), global_step)
-        if args.save_model:
-            save_checkpoint(run_dir / ckpt_name, jax.tree.map(lambda x: x[i], runner), global_step, seed_args)
-        if args.capture_video:
-            record_video(net, env, env_params, params_i, eval_keys[i], str(run_dir / "videos" / "greedy.mp4"))
-        summaries.append(write_summary(
-            run_dir, seed_args, args.env_id, global_step, wall_time, (global_step - start_step) / train_time, device,
-            sampled[i], eval_history[i], versions_, final_eval_greedy=eval_stats(greedy[i]),
-            parameter_count=n_params, num_seeds_in_program=args.num_seeds, updates=num_updates,
-            **({"loaded_checkpoint": args.load_checkpoint, "start_step": start_step} if args.load_checkpoint else {})))
-        writers[i].close()
-        print(f"[{SCRIPT}] seed {seed} done in {wall_time:.1f} s: eval over {args.final_eval_episodes} episodes "
-              f"sampled mean {sampled[i].mean():.1f} (min {sampled[i].min():.0f}), greedy mean "
-              f"{greedy[i].mean():.1f}; {run_dir}")
-    return summaries
+    def __init__(self, logdir: str, purge_step: int | None = None):
+        from tensorboard.compat.proto.event_pb2 import Event, SessionLog
+        from tensorboard.summary.writer.event_file_writer import EventFileWriter
+
+        self._writer = EventFileWriter(logdir)
+        if purge_step is not None:  # readers drop the events of the interrupted run from purge_step on
+            self._writer.add_event(Event(step=purge_step, file_version="brain.Event:2"))
+            self._writer.add_event(Event(step=purge_step, session_log=SessionLog(status=SessionLog.START)))
+
+    def add_scalar(self, tag: str, value: float, step: int) -> None:
+        from tensorboard.compat.proto.summary_pb2 import Summary
+
+        self._add(Summary(value=[Summary.Value(tag=tag, simple_value=float(value))]), step)
+
+    def add_text(self, tag: str, text: str) -> None:
+        from tensorboard.compat.proto.summary_pb2 import Summary
+        from tensorboard.compat.proto.tensor_pb2 import TensorProto
+        from tensorboard.compat.proto.tensor_shape_pb2 import TensorShapeProto
+        from tensorboard.plugins.text.metadata import create_summary_metadata
+
+        tensor = TensorProto(
+            dtype="DT_STRING",
+            string_val=[text.encode()],
+            tensor_shape=TensorShapeProto(dim=[TensorShapeProto.Dim(size=1)]),
+        )
+        self._add(
+            Summary(
+                value=[
+                    Summary.Value(
+                        tag=f"{tag}/text_summary", tensor=tensor, metadata=create_summary_metadata(None, None)
+                    )
+                ]
+            ),
+            0,
+        )
+
+    def _add(self, summary, step: int) -> None:
+        from tensorboard.compat.proto.event_pb2 import Event
+
+        self._writer.add_event(Event(wall_time=time.time(), step=int(step), summary=summary))
+
+    def flush(self) -> None:
+        self._writer.flush()
+
+    def close(self) -> None:
+        self._writer.close()
+
+
+def save_checkpoint(logs: list, runs: list, runner: RunnerState, global_step: int, args: Args) -> None:
+    """Every agent's whole training state and run log, into the run directory of each: --resume of any of
+    them continues the whole batch exactly."""
+    data = flax.serialization.msgpack_serialize(
+        {
+            "script": SCRIPT,
+            "args": json.dumps(dataclasses.asdict(args)),
+            "global_step": global_step,
+            "runner": flax.serialization.to_state_dict(runner),
+            "run_names": [run_dir.name for _, run_dir in runs],
+            "log": json.dumps([log.state(global_step) for log in logs]),
+        }
+    )
+    for log in logs:
+        log.writer.flush()  # what was logged up to this step is on disk before the checkpoint says so
+        log.checkpoint(global_step, lambda f: f.write(data), len(data))
+
+
+def save_model(path: Path, runner: RunnerState, global_step: int, args: Args) -> None:
+    """--save-model: one agent's final training state (read by --eval-checkpoint and inspect_agent.py)."""
+    state = {
+        "script": SCRIPT,
+        "runner": flax.serialization.to_state_dict(runner),
+        "global_step": global_step,
+        "args": json.dumps(dataclasses.asdict(args)),
+    }
+    path.write_bytes(flax.serialization.msgpack_serialize(jax.device_get(state)))
+
+
+def read_checkpoint(path: str, flag: str) -> dict:
+    """A checkpoint written by this script (--save-model or a periodic one), or a one-line error (exit 2)."""
+    try:
+        state = flax.serialization.msgpack_restore(Path(path).read_bytes())
+        script, _, _, _ = state["script"], state["runner"]["params"], int(state["global_step"]), state["args"]
+    except Exception as e:  # msgpack makes errors, ints or foreign dicts out of foreign bytes
+        fail(
+            f"{flag} {path} is not a checkpoint of {SCRIPT} ({type(e).__name__}); pass a file written by its "
+            "--save-model or --checkpoint-frequency"
+        )
+    if script != SCRIPT:
+        fail(f"{flag} {path} is a checkpoint of {script!r}, not of {SCRIPT}; pass one written by {SCRIPT}")
+    return state
+
+
+def restore(saved: dict, template, flag: str, path: str):
+    """`saved` (a state dict) in the structure of a freshly built `template`, or a one-line error (exit 2)."""
+    try:  # from_state_dict checks names, not shapes (classic bug: other layer sizes load without a word)
+        fits = jax.tree.map(np.shape, saved) == jax.tree.map(np.shape, flax.serialization.to_state_dict(template))
+    except Exception:  # noqa: BLE001 - another structure altogether
+        fits = False
+    if not fits:
+        fail(
+            f"{flag} {path} was written with other settings; pass the --env-id and network flags of the run "
+            "that wrote it"
+        )
+    # Into copies of the template's arrays, whose exact types (gymnax leaves some weak) make the resumed
+    # run compile to the program that the saved run ran.
+    restored = flax.serialization.from_state_dict(template, saved)
+    return jax.tree.map(lambda t, x: t.at[...].set(x), template, restored)
 
 
 if __name__ == "__main__":
-    train(tyro.cli(Args))
+    main(tyro.cli(Args))

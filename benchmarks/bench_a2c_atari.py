@@ -30,9 +30,10 @@ import torch.nn as nn
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-import a2c_atari as A  # noqa: E402
 from curve import reference_comparison  # noqa: E402  (benchmarks/curve.py, beside this file)
 from results import read_scalars  # noqa: E402
+
+import a2c_atari as A  # noqa: E402
 
 
 class UniformPolicy(nn.Module):
@@ -70,13 +71,37 @@ def bench_sps(opts):
     for threads in opts.threads:
         name = f"bench_a2c_sps_t{threads}_{int(time.time())}"
         load_before = uptime()
-        wall = run(["--env-id", opts.env_id, "--total-timesteps", opts.sps_steps, "--torch-threads", threads,
-                    "--eval-frequency", 10**9, "--eval-episodes", 1, "--final-eval-episodes", 1,
-                    "--eval-max-frames", 2000], name)
+        wall = run(
+            [
+                "--env-id",
+                opts.env_id,
+                "--total-timesteps",
+                opts.sps_steps,
+                "--torch-threads",
+                threads,
+                "--eval-frequency",
+                10**9,
+                "--eval-episodes",
+                1,
+                "--final-eval-episodes",
+                1,
+                "--eval-max-frames",
+                2000,
+            ],
+            name,
+        )
         summary, scalars = load(name)
-        results.append({"torch_threads": threads, "steps": summary["total_timesteps"],
-                        "sps_steady": scalars["charts/SPS"][-1][1], "sps_summary": summary["sps"],
-                        "wall_s": wall, "loadavg_before": load_before, "loadavg_after": uptime()})
+        results.append(
+            {
+                "torch_threads": threads,
+                "steps": summary["total_timesteps"],
+                "sps_steady": scalars["charts/SPS"][-1][1],
+                "sps_summary": summary["sps"],
+                "wall_s": wall,
+                "loadavg_before": load_before,
+                "loadavg_after": uptime(),
+            }
+        )
         print(json.dumps(results[-1]), flush=True)
     return {"mode": "sps", "env_id": opts.env_id, "results": results}
 
@@ -84,26 +109,52 @@ def bench_sps(opts):
 def bench_learn(opts):
     name = f"bench_a2c_learn_{opts.total_timesteps}_{int(time.time())}"
     load_before = uptime()
-    wall = run(["--env-id", opts.env_id, "--seed", opts.seed, "--total-timesteps", opts.total_timesteps,
-                "--eval-frequency", max(opts.total_timesteps // 4, 80), "--final-eval-episodes", opts.episodes,
-                "--save-model"], name)
+    wall = run(
+        [
+            "--env-id",
+            opts.env_id,
+            "--seed",
+            opts.seed,
+            "--total-timesteps",
+            opts.total_timesteps,
+            "--eval-frequency",
+            max(opts.total_timesteps // 4, 80),
+            "--final-eval-episodes",
+            opts.episodes,
+            "--save-model",
+        ],
+        name,
+    )
     summary, scalars = load(name)
     game = A.game_name(opts.env_id)
-    probe = A.AtariVectorEnv(game, 1)
-    n_actions = probe.single_action_space.n
-    probe.close()
-    # Same protocol and seeds as the script's final evaluation (eval seed = seed + 100,000).
-    random_returns, _ = A.evaluate(UniformPolicy(n_actions), game, opts.episodes, opts.seed + 100_000,
-                                   torch.device("cpu"), 18_000)
+    # Same protocol, seeds and sticky actions as the script's final evaluation (eval seed = seed + 100,000).
+    sticky = A.sticky_prob(A.Args(env_id=opts.env_id))
+    random_episodes = A.evaluate(
+        UniformPolicy(A.action_count(game)),
+        game,
+        opts.episodes,
+        opts.seed + 100_000,
+        torch.device("cpu"),
+        18_000,
+        sticky_action_prob=sticky,
+    )
     train_games = scalars.get("charts/episodic_return", [])
     train_returns = [v for _, v in train_games]
     return {
-        "mode": "learn", "env_id": opts.env_id, "seed": opts.seed, "total_timesteps": summary["total_timesteps"],
-        "wall_s": wall, "sps": summary["sps"], "final_eval": summary["final_eval"],
-        "eval_history": summary["eval_history"], "random_policy": A.eval_stats(random_returns),
+        "mode": "learn",
+        "env_id": opts.env_id,
+        "seed": opts.seed,
+        "total_timesteps": summary["total_timesteps"],
+        "wall_s": wall,
+        "sps": summary["sps"],
+        "final_eval": summary["final_eval"],
+        "eval_history": summary["eval_history"],
+        "random_policy": A.eval_stats(*random_episodes),
         "last_100_training_games_mean": float(np.mean(train_returns[-100:])) if train_returns else None,
         "training_games_vs_reference": reference_comparison(train_games, "a2c_atari.py", opts.env_id),
-        "loadavg_before": load_before, "loadavg_after": uptime(), "run_dir": f"runs/{name}",
+        "loadavg_before": load_before,
+        "loadavg_after": uptime(),
+        "run_dir": f"runs/{name}",
     }
 
 

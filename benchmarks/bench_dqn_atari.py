@@ -26,19 +26,34 @@ from pathlib import Path
 
 from results import read_scalars  # benchmarks/results.py, beside this file
 
-
 ROOT = Path(__file__).resolve().parents[1]
 SHORT_EVAL = ["--eval-episodes", "1", "--final-eval-episodes", "1", "--eval-max-frames", "2000"]
 
 
 def configs(args):
-    speed = ["--total-timesteps", str(args.learning_starts + args.train_steps),
-             "--learning-starts", str(args.learning_starts), *SHORT_EVAL]
+    speed = [
+        "--total-timesteps",
+        str(args.learning_starts + args.train_steps),
+        "--learning-starts",
+        str(args.learning_starts),
+        *SHORT_EVAL,
+    ]
     return {
         "default": speed,
         "envs8": [*speed, "--num-envs", "8"],
-        "memory": ["--buffer-size", "50000", "--total-timesteps", "56000", "--learning-starts", "55800",
-                   "--start-e", "1", "--end-e", "1", *SHORT_EVAL],
+        "memory": [
+            "--buffer-size",
+            "50000",
+            "--total-timesteps",
+            "56000",
+            "--learning-starts",
+            "55800",
+            "--start-e",
+            "1",
+            "--end-e",
+            "1",
+            *SHORT_EVAL,
+        ],
     }
 
 
@@ -54,10 +69,17 @@ def run(name, cli, out_dir):
     summary = json.loads((run_dir / "summary.json").read_text())
     losses = read_scalars(run_dir).get("losses/td_loss", [])  # [(step, wall_time, value), ...]
     result = {
-        "config": name, "command": "python dqn_atari.py " + " ".join(cli), "device": summary["device"],
-        "cpus": os.cpu_count(), "platform": platform.platform(), "loadavg_before": load,
-        "wall_s": time.time() - start, "total_timesteps": summary["total_timesteps"],
-        "sps_overall": summary["sps"], "updates": summary["updates"], "memory": summary["memory"],
+        "config": name,
+        "command": "python dqn_atari.py " + " ".join(cli),
+        "device": summary["device"],
+        "cpus": os.cpu_count(),
+        "platform": platform.platform(),
+        "loadavg_before": load,
+        "wall_s": time.time() - start,
+        "total_timesteps": summary["total_timesteps"],
+        "sps_overall": summary["sps"],
+        "updates": summary["updates"],
+        "memory": summary["memory"],
     }
     if len(losses) >= 2:
         (first_step, first_time, _), (last_step, last_time, _) = losses[0], losses[-1]

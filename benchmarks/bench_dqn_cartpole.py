@@ -34,36 +34,52 @@ def main():
     rows = []
     for seed in opts.seeds:
         run_name = f"bench_seed{seed}_{int(time.time())}"
-        cmd = [sys.executable, str(ROOT / "dqn_cartpole.py"), "--seed", str(seed), "--run-name", run_name,
-               *opts.extra]
+        cmd = [sys.executable, str(ROOT / "dqn_cartpole.py"), "--seed", str(seed), "--run-name", run_name, *opts.extra]
         subprocess.run(cmd, cwd=opts.out, check=True, stdout=subprocess.DEVNULL)
         summary = json.loads((opts.out / "runs" / run_name / "summary.json").read_text())
         solved = first_solved(summary["eval_history"])
-        rows.append({"seed": seed, "final_mean": summary["final_eval"]["mean"],
-                     "final_min": summary["final_eval"]["min"], "wall_time_s": summary["wall_time_s"],
-                     "sps": summary["sps"], "first_475_step": solved and solved["step"],
-                     "first_475_wall_s": solved and solved["wall_time_s"]})
+        rows.append(
+            {
+                "seed": seed,
+                "final_mean": summary["final_eval"]["mean"],
+                "final_min": summary["final_eval"]["min"],
+                "wall_time_s": summary["wall_time_s"],
+                "sps": summary["sps"],
+                "first_475_step": solved and solved["step"],
+                "first_475_wall_s": solved and solved["wall_time_s"],
+            }
+        )
         print(json.dumps(rows[-1]), flush=True)
 
     # A run that never reaches 475 counts as infinitely slow when taking the median.
     steps = [r["first_475_step"] or float("inf") for r in rows]
     walls = [r["first_475_wall_s"] or float("inf") for r in rows]
     result = {
-        "rows": rows, "median_first_475_step": statistics.median(steps),
+        "rows": rows,
+        "median_first_475_step": statistics.median(steps),
         "median_first_475_wall_s": statistics.median(walls),
         "all_final_at_least_475": all(r["final_mean"] >= SOLVED for r in rows),
     }
-    result["bar_met"] = (result["all_final_at_least_475"] and result["median_first_475_step"] <= 60_000
-                         and result["median_first_475_wall_s"] <= 35.0)
+    result["bar_met"] = (
+        result["all_final_at_least_475"]
+        and result["median_first_475_step"] <= 60_000
+        and result["median_first_475_wall_s"] <= 35.0
+    )
     (opts.out / "results.json").write_text(json.dumps(result, indent=2))
-    lines = ["| seed | final 100-ep greedy mean (min) | first eval >= 475: step | wall s | steps/s | run wall s |",
-             "|---|---|---|---|---|---|"]
+    lines = [
+        "| seed | final 100-ep greedy mean (min) | first eval >= 475: step | wall s | steps/s | run wall s |",
+        "|---|---|---|---|---|---|",
+    ]
     for r in rows:
-        first = (f"{r['first_475_step']:,} | {r['first_475_wall_s']:.1f}" if r["first_475_step"] else "never | -")
-        lines.append(f"| {r['seed']} | {r['final_mean']:.1f} ({r['final_min']:.0f}) | {first} | "
-                     f"{r['sps']:,.0f} | {r['wall_time_s']:.1f} |")
-    lines.append(f"\nmedian first >= 475: step {result['median_first_475_step']:,}, "
-                 f"wall {result['median_first_475_wall_s']:.1f} s; bar met: {result['bar_met']}")
+        first = f"{r['first_475_step']:,} | {r['first_475_wall_s']:.1f}" if r["first_475_step"] else "never | -"
+        lines.append(
+            f"| {r['seed']} | {r['final_mean']:.1f} ({r['final_min']:.0f}) | {first} | "
+            f"{r['sps']:,.0f} | {r['wall_time_s']:.1f} |"
+        )
+    lines.append(
+        f"\nmedian first >= 475: step {result['median_first_475_step']:,}, "
+        f"wall {result['median_first_475_wall_s']:.1f} s; bar met: {result['bar_met']}"
+    )
     (opts.out / "results.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     sys.exit(0 if result["bar_met"] else 1)

@@ -30,8 +30,20 @@ def run_one(script: str, env_id: str, total: int, num_seeds: int, cuda: bool, ou
     name = f"{Path(script).stem}__{env_id}__{total}__k{num_seeds}"
     cwd = out / name
     cwd.mkdir(parents=True, exist_ok=True)
-    cmd = [sys.executable, str(ROOT / script), "--env-id", env_id, "--total-timesteps", str(total),
-           "--num-seeds", str(num_seeds), "--run-name", "bench", "--cuda" if cuda else "--no-cuda", *extra]
+    cmd = [
+        sys.executable,
+        str(ROOT / script),
+        "--env-id",
+        env_id,
+        "--total-timesteps",
+        str(total),
+        "--num-seeds",
+        str(num_seeds),
+        "--run-name",
+        "bench",
+        "--cuda" if cuda else "--no-cuda",
+        *extra,
+    ]
     load_start = os.getloadavg()[0]
     start = time.time()
     proc = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True)
@@ -43,15 +55,21 @@ def run_one(script: str, env_id: str, total: int, num_seeds: int, cuda: bool, ou
     dirs = [cwd / "runs" / "bench"] if num_seeds == 1 else sorted((cwd / "runs").glob("bench__*"))
     summaries = [json.loads((d / "summary.json").read_text()) for d in dirs]
     means = [s["final_eval"]["mean"] for s in summaries]
-    return {"script": script, "env_id": env_id, "total_timesteps": total, "num_seeds": num_seeds,
-            "device": summaries[0]["device"], "wall_s": round(wall, 1),
-            "steps_per_s_incl_compile": round(total * num_seeds / wall),
-            "train_sps_per_seed": round(summaries[0]["sps"]),
-            "sampled_eval_means": [round(m, 2) for m in means],
-            "sampled_eval_mean_over_seeds": round(sum(means) / len(means), 2),
-            "greedy_eval_means": [round(s["final_eval_greedy"]["mean"], 2) for s in summaries],
-            "load_avg_start_end": [round(load_start, 2), round(os.getloadavg()[0], 2)],
-            "command": " ".join(cmd[1:])}
+    return {
+        "script": script,
+        "env_id": env_id,
+        "total_timesteps": total,
+        "num_seeds": num_seeds,
+        "device": summaries[0]["device"],
+        "wall_s": round(wall, 1),
+        "steps_per_s_incl_compile": round(total * num_seeds / wall),
+        "train_sps_per_seed": round(summaries[0]["sps"]),
+        "sampled_eval_means": [round(m, 2) for m in means],
+        "sampled_eval_mean_over_seeds": round(sum(means) / len(means), 2),
+        "greedy_eval_means": [round(s["final_eval_greedy"]["mean"], 2) for s in summaries],
+        "load_avg_start_end": [round(load_start, 2), round(os.getloadavg()[0], 2)],
+        "command": " ".join(cmd[1:]),
+    }
 
 
 def verdicts(rows: list) -> list:
@@ -59,22 +77,29 @@ def verdicts(rows: list) -> list:
     for r in rows:
         on_gpu = r["device"] not in ("cpu",)
         if r["total_timesteps"] == 10_000_000 and r["num_seeds"] == 1:
-            target = GPU_WALL_TARGET_S[r["script"]] if on_gpu else (
-                CPU_WALL_TARGET_S if r["script"] == "ppo_minatar_jax.py" else None)
+            target = (
+                GPU_WALL_TARGET_S[r["script"]]
+                if on_gpu
+                else (CPU_WALL_TARGET_S if r["script"] == "ppo_minatar_jax.py" else None)
+            )
             if target is not None:
                 ok = "PASS" if r["wall_s"] <= target else "FAIL"
                 lines.append(f"{ok}: {r['script']} 1e7 steps on {r['device']} in {r['wall_s']} s (target {target} s)")
         if r["env_id"] == "Breakout-MinAtar" and r["total_timesteps"] == 10_000_000 and r["num_seeds"] >= 3:
             ok = "PASS" if r["sampled_eval_mean_over_seeds"] >= SCORE_TARGET[r["script"]] else "FAIL"
-            lines.append(f"{ok}: {r['script']} sampled eval mean over {r['num_seeds']} seeds "
-                         f"{r['sampled_eval_mean_over_seeds']} (target {SCORE_TARGET[r['script']]})")
+            lines.append(
+                f"{ok}: {r['script']} sampled eval mean over {r['num_seeds']} seeds "
+                f"{r['sampled_eval_mean_over_seeds']} (target {SCORE_TARGET[r['script']]})"
+            )
     by_key = {(r["script"], r["env_id"], r["total_timesteps"], r["num_seeds"]): r for r in rows}
     for (script, env_id, total, k), r in by_key.items():
         one = by_key.get((script, env_id, total, 1))
         if k == 8 and one is not None:
             ok = "PASS" if r["wall_s"] < 2 * one["wall_s"] else "FAIL"
-            lines.append(f"{ok}: {script} --num-seeds 8 takes {r['wall_s']} s, one seed {one['wall_s']} s "
-                         f"(target < 2x) on {r['device']}")
+            lines.append(
+                f"{ok}: {script} --num-seeds 8 takes {r['wall_s']} s, one seed {one['wall_s']} s "
+                f"(target < 2x) on {r['device']}"
+            )
     return lines
 
 
@@ -84,11 +109,16 @@ def main() -> None:
     p.add_argument("--env-ids", nargs="+", default=["Breakout-MinAtar"])
     p.add_argument("--total-timesteps", type=int, default=10_000_000)
     p.add_argument("--num-seeds", type=int, nargs="+", default=[1])
-    p.add_argument("--cuda", action=argparse.BooleanOptionalAction, default=True,
-                   help="let JAX use a GPU when there is one (--no-cuda: CPU)")
+    p.add_argument(
+        "--cuda",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="let JAX use a GPU when there is one (--no-cuda: CPU)",
+    )
     p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "out" / "ppo_minatar")
-    p.add_argument("--extra", nargs=argparse.REMAINDER, default=[],
-                   help="further flags passed to every script run (put last)")
+    p.add_argument(
+        "--extra", nargs=argparse.REMAINDER, default=[], help="further flags passed to every script run (put last)"
+    )
     a = p.parse_args()
     a.out.mkdir(parents=True, exist_ok=True)
     rows = []
@@ -100,11 +130,15 @@ def main() -> None:
                 rows.append(row)
     checks = verdicts(rows)
     (a.out / "results.json").write_text(json.dumps({"rows": rows, "checks": checks}, indent=2))
-    table = ["| script | env | steps | seeds | device | wall s (incl. compile) | train SPS/seed | sampled eval (per seed) | greedy eval |",
-             "|-|-|-|-|-|-|-|-|-|"]
-    table += [f"| {r['script']} | {r['env_id']} | {r['total_timesteps']:,} | {r['num_seeds']} | {r['device']} | "
-              f"{r['wall_s']} | {r['train_sps_per_seed']:,} | {r['sampled_eval_means']} | {r['greedy_eval_means']} |"
-              for r in rows]
+    table = [
+        "| script | env | steps | seeds | device | wall s (incl. compile) | train SPS/seed | sampled eval (per seed) | greedy eval |",
+        "|-|-|-|-|-|-|-|-|-|",
+    ]
+    table += [
+        f"| {r['script']} | {r['env_id']} | {r['total_timesteps']:,} | {r['num_seeds']} | {r['device']} | "
+        f"{r['wall_s']} | {r['train_sps_per_seed']:,} | {r['sampled_eval_means']} | {r['greedy_eval_means']} |"
+        for r in rows
+    ]
     (a.out / "results.md").write_text("\n".join(table + [""] + checks) + "\n")
     print("\n".join(table + [""] + checks))
 

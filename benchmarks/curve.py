@@ -50,8 +50,15 @@ def compare_with_curve(points, curve: dict) -> dict:
     rows = []
     for (lo, hi), ref_mean, ref_games in zip(curve_bins(curve), curve["mean_score"], curve["games"]):
         inside = scores[(steps >= lo) & (steps < hi)]
-        rows.append({"bin": [lo, hi], "this_run": round(float(inside.mean()), 2) if len(inside) else None,
-                     "this_run_games": len(inside), "reference": ref_mean, "reference_games": ref_games})
+        rows.append(
+            {
+                "bin": [lo, hi],
+                "this_run": round(float(inside.mean()), 2) if len(inside) else None,
+                "this_run_games": len(inside),
+                "reference": ref_mean,
+                "reference_games": ref_games,
+            }
+        )
     while rows and not rows[-1]["this_run_games"]:
         rows.pop()
     return {"reference": curve["name"], "source": curve["source"], "protocol": curve["protocol"], "rows": rows}
@@ -82,17 +89,23 @@ def format_table(comparison: dict) -> str:
     for r in comparison["rows"]:
         lo, hi = r["bin"]
         mean = "—" if r["this_run"] is None else f"{r['this_run']:.2f}"
-        lines.append(f"{fmt_steps(lo) + '-' + fmt_steps(hi):>17}  {mean:>9} {r['this_run_games']:>6}  "
-                     f"{r['reference']:>9.2f} {r['reference_games']:>6}")
+        lines.append(
+            f"{fmt_steps(lo) + '-' + fmt_steps(hi):>17}  {mean:>9} {r['this_run_games']:>6}  "
+            f"{r['reference']:>9.2f} {r['reference_games']:>6}"
+        )
     return "\n".join(lines)
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], epilog=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("run_dir", help="a run's folder, e.g. runs/BreakoutNoFrameskip-v4__dqn_atari__1__1700000000")
-    p.add_argument("--reference", metavar="NAME", help="a [curves.NAME] of reference_scores.toml "
-                                                      "(default: the one for the run's script and env)")
+    p.add_argument(
+        "--reference",
+        metavar="NAME",
+        help="a [curves.NAME] of reference_scores.toml (default: the one for the run's script and env)",
+    )
     args = p.parse_args(argv)
     references, run_dir = load_references(), Path(args.run_dir)
     curves = references.get("curves", {})

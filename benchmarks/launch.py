@@ -44,8 +44,16 @@ class Launch:
         self.log.flush()
         self.left_s, self.timed_out = None, False
         # New session: a timeout or Ctrl-C ends the run's whole process group, nothing else.
-        self.proc = subprocess.Popen(command_for(spec), cwd=out, env=env, stdout=subprocess.PIPE,
-                                     stderr=subprocess.STDOUT, text=True, bufsize=1, start_new_session=True)
+        self.proc = subprocess.Popen(
+            command_for(spec),
+            cwd=out,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            bufsize=1,
+            start_new_session=True,
+        )
         self.reader = threading.Thread(target=self._read, daemon=True)
         self.reader.start()
 
@@ -76,9 +84,13 @@ class Launch:
     def finish(self) -> dict:
         self.reader.join(timeout=10)
         self.log.close()
-        return {"returncode": self.proc.returncode, "duration_s": self.elapsed(), "timed_out": self.timed_out,
-                "log": str(self.log_path.relative_to(self.log_path.parents[1])),
-                "command": shlex.join(command_for(self.spec))}
+        return {
+            "returncode": self.proc.returncode,
+            "duration_s": self.elapsed(),
+            "timed_out": self.timed_out,
+            "log": str(self.log_path.relative_to(self.log_path.parents[1])),
+            "command": shlex.join(command_for(self.spec)),
+        }
 
 
 def child_env(workers: int) -> dict:
@@ -114,8 +126,17 @@ class Board:
             if run_dir.exists():  # a stale summary from an earlier run must not count for this one
                 shutil.rmtree(run_dir)
             if not Path(spec["script_path"]).is_file():
-                self.record(spec, {"returncode": None, "duration_s": 0.0, "timed_out": False, "missing_script": True,
-                                   "log": None, "command": shlex.join(command_for(spec))})
+                self.record(
+                    spec,
+                    {
+                        "returncode": None,
+                        "duration_s": 0.0,
+                        "timed_out": False,
+                        "missing_script": True,
+                        "log": None,
+                        "command": shlex.join(command_for(spec)),
+                    },
+                )
                 self.failed += 1
                 print(f"[bench] FAILED {spec['run_name']}: script {spec['script_path']} not found", flush=True)
                 continue
@@ -145,8 +166,11 @@ class Board:
         if result["status"] == "ok":
             if result["total_timesteps"]:
                 self.per_step_s[launch.spec["script"]] = record["duration_s"] / result["total_timesteps"]
-            print(f"[bench] done {name} in {record['duration_s']:.0f} s: score {result['score']:.2f}, "
-                  f"{result['sps']:,.0f} steps/s", flush=True)
+            print(
+                f"[bench] done {name} in {record['duration_s']:.0f} s: score {result['score']:.2f}, "
+                f"{result['sps']:,.0f} steps/s",
+                flush=True,
+            )
         else:
             self.failed += 1
             print(f"[bench] FAILED {name}: {result['reason']} (log: {record['log']})", flush=True)
@@ -158,8 +182,14 @@ class Board:
             launch.proc.wait()
             self.records[launch.spec["run_name"]] = {**launch.finish(), "interrupted": True}
         for spec in self.queue:
-            self.records[spec["run_name"]] = {"returncode": None, "duration_s": 0.0, "timed_out": False,
-                                              "interrupted": True, "log": None, "command": shlex.join(command_for(spec))}
+            self.records[spec["run_name"]] = {
+                "returncode": None,
+                "duration_s": 0.0,
+                "timed_out": False,
+                "interrupted": True,
+                "log": None,
+                "command": shlex.join(command_for(spec)),
+            }
         self.records["__interrupted__"] = True
 
     def seconds_left(self, spec: dict, launch=None):
@@ -171,7 +201,7 @@ class Board:
         return left
 
     def estimate_left(self) -> str:
-        lefts = [self.seconds_left(l.spec, l) for l in self.running] + [self.seconds_left(s) for s in self.queue]
+        lefts = [self.seconds_left(run.spec, run) for run in self.running] + [self.seconds_left(s) for s in self.queue]
         known, unknown = [x for x in lefts if x is not None], sum(x is None for x in lefts)
         if unknown and not sum(known):
             return "time left: not yet known"
@@ -179,10 +209,12 @@ class Board:
         return f"~{text}{'+' if unknown else ''} left" + (f" ({unknown} runs not yet estimated)" if unknown else "")
 
     def status_line(self) -> str:
-        now = [f"{l.spec['run_name']} {fmt_duration(l.elapsed())}" for l in self.running]
-        return (f"[bench {fmt_duration(time.time() - self.start)}] {len(self.records)}/{len(self.plan)} done, "
-                f"{self.failed} failed, {len(self.running)} running, {len(self.queue)} queued | {self.estimate_left()}"
-                + (f" | running: {', '.join(now)}" if now else ""))
+        now = [f"{run.spec['run_name']} {fmt_duration(run.elapsed())}" for run in self.running]
+        return (
+            f"[bench {fmt_duration(time.time() - self.start)}] {len(self.records)}/{len(self.plan)} done, "
+            f"{self.failed} failed, {len(self.running)} running, {len(self.queue)} queued | {self.estimate_left()}"
+            + (f" | running: {', '.join(now)}" if now else "")
+        )
 
 
 def run_plan(plan: list, out: Path, workers: int, progress_every: float = 15.0) -> dict:
@@ -202,6 +234,8 @@ def run_plan(plan: list, out: Path, workers: int, progress_every: float = 15.0) 
     except KeyboardInterrupt:
         print("[bench] interrupted: stopping the running scripts, writing the report of what finished", flush=True)
         board.interrupt()
-    print(f"[bench] all {len(plan)} runs finished in {fmt_duration(time.time() - board.start)}, "
-          f"{board.failed} failed", flush=True)
+    print(
+        f"[bench] all {len(plan)} runs finished in {fmt_duration(time.time() - board.start)}, {board.failed} failed",
+        flush=True,
+    )
     return board.records

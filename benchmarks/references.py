@@ -26,8 +26,9 @@ def env_family(env_id: str) -> tuple:
     if m:
         return "minatar", m.group(1)
     m = ATARI_ID.match(env_id)
-    if m and (env_id.startswith("ALE/") or "NoFrameskip" in env_id or "Deterministic" in env_id
-              or m.group(1) in ATARI_GAMES):
+    if m and (
+        env_id.startswith("ALE/") or "NoFrameskip" in env_id or "Deterministic" in env_id or m.group(1) in ATARI_GAMES
+    ):
         return "atari", m.group(1)
     return "gymnasium", env_id
 

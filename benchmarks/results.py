@@ -9,16 +9,26 @@ from pathlib import Path
 
 import numpy as np
 from references import env_family, find_normalizer, find_reference
-from stats import (bootstrap_ci, bootstrap_diff_ci, human_normalized, iqm, performance_profile,
-                   performance_profile_bands, probability_of_improvement, probability_of_improvement_ci)
+from stats import (
+    bootstrap_ci,
+    bootstrap_diff_ci,
+    human_normalized,
+    iqm,
+    performance_profile,
+    performance_profile_bands,
+    probability_of_improvement,
+    probability_of_improvement_ci,
+)
 
 RESULTS_VERSION = 1
 SPS_DROP_LIMIT = 0.15
 # Thresholds of the performance-profile table (the plots use a fine grid); 1 is the human tester on
 # Atari and the published score elsewhere.
 PROFILE_TAUS = (0.1, 0.25, 0.5, 1.0, 2.0, 5.0)
-RULES = {"threshold": "IQM over seeds ≥ the published number",
-         "ci_reaches": "upper end of the IQM's 95% CI ≥ the published number (not significantly below it)"}
+RULES = {
+    "threshold": "IQM over seeds ≥ the published number",
+    "ci_reaches": "upper end of the IQM's 95% CI ≥ the published number (not significantly below it)",
+}
 
 
 # ==== Collecting ====
@@ -38,8 +48,9 @@ def read_scalars(run_dir) -> dict:
     for tag in tags.get("tensors", []):
         if acc.SummaryMetadata(tag).plugin_data.plugin_name != "scalars":
             continue
-        scalars[tag] = [(e.step, e.wall_time, float(tensor_util.make_ndarray(e.tensor_proto).item()))
-                        for e in acc.Tensors(tag)]
+        scalars[tag] = [
+            (e.step, e.wall_time, float(tensor_util.make_ndarray(e.tensor_proto).item())) for e in acc.Tensors(tag)
+        ]
     return scalars
 
 
@@ -93,9 +104,18 @@ def summary_problem(summary: dict, spec: dict):
 def collect_run(spec: dict, out: Path, record) -> dict:
     """A run's result: status 'ok' with its numbers, or 'failed' with the reason."""
     result = {k: spec.get(k) for k in ("run_name", "script", "env_id", "seed", "judge")}
-    result.update(status="failed", reason=None, score=None, sps=None, wall_time_s=None, eval_history=[],
-                  train_curve=[], total_timesteps=spec.get("total_timesteps"),
-                  log=record.get("log") if record else None, returncode=record.get("returncode") if record else None)
+    result.update(
+        status="failed",
+        reason=None,
+        score=None,
+        sps=None,
+        wall_time_s=None,
+        eval_history=[],
+        train_curve=[],
+        total_timesteps=spec.get("total_timesteps"),
+        log=record.get("log") if record else None,
+        returncode=record.get("returncode") if record else None,
+    )
     run_dir = out / "runs" / spec["run_name"]
     result["reason"] = record_problem(record, spec, out)
     if result["reason"]:
@@ -125,9 +145,14 @@ def collect_run(spec: dict, out: Path, record) -> dict:
     t0 = min((pts[0][1] for pts in scalars.values() if pts), default=None)
     history = [p for p in summary.get("eval_history", []) if isinstance(p, dict)]
     result.update(
-        status="ok", score=float(summary["final_eval"]["mean"]), final_eval=summary["final_eval"],
-        sps=float(summary["sps"]), wall_time_s=float(summary["wall_time_s"]),
-        total_timesteps=int(summary["total_timesteps"]), device=summary.get("device"), versions=summary.get("versions"),
+        status="ok",
+        score=float(summary["final_eval"]["mean"]),
+        final_eval=summary["final_eval"],
+        sps=float(summary["sps"]),
+        wall_time_s=float(summary["wall_time_s"]),
+        total_timesteps=int(summary["total_timesteps"]),
+        device=summary.get("device"),
+        versions=summary.get("versions"),
         eval_history=[{"step": p.get("step"), "wall_time_s": p.get("wall_time_s"), "mean": p["mean"]} for p in history],
         train_curve=_downsample([[s, w - t0, v] for s, w, v in train]),
     )
@@ -138,7 +163,9 @@ def last_log_line(out: Path, record: dict) -> str:
     if not record.get("log"):
         return ""
     try:
-        lines = [line.strip() for line in (out / record["log"]).read_text(errors="replace").splitlines() if line.strip()]
+        lines = [
+            line.strip() for line in (out / record["log"]).read_text(errors="replace").splitlines() if line.strip()
+        ]
     except OSError:
         return ""
     # The exception line, not what follows it (JAX appends a note on traceback filtering).
@@ -166,18 +193,30 @@ def build_results(plan: list, records, out: Path, references: dict, meta: dict, 
 def aggregate_row(script: str, env_id: str, group: list, references: dict) -> dict:
     """One (script, env): its seeds' scores with mean and IQM and their CIs, HNS on Atari, verdict."""
     ok = sorted((r for r in group if r["status"] == "ok"), key=lambda r: r["seed"])
-    row = {"script": script, "env_id": env_id, "family": env_family(env_id)[0],
-           "seeds_planned": sorted(r["seed"] for r in group), "seeds": [r["seed"] for r in ok],
-           "scores": [r["score"] for r in ok], "failed": len(group) - len(ok),
-           "judge": any(r.get("judge") for r in group), "reference": find_reference(references, script, env_id)}
+    row = {
+        "script": script,
+        "env_id": env_id,
+        "family": env_family(env_id)[0],
+        "seeds_planned": sorted(r["seed"] for r in group),
+        "seeds": [r["seed"] for r in ok],
+        "scores": [r["score"] for r in ok],
+        "failed": len(group) - len(ok),
+        "judge": any(r.get("judge") for r in group),
+        "reference": find_reference(references, script, env_id),
+    }
     budgets = sorted({r["total_timesteps"] for r in ok})
     row["budget"] = budgets[0] if len(budgets) == 1 else budgets or None
     if ok:
         scores = np.array(row["scores"])
-        row.update(mean=float(scores.mean()), mean_ci=bootstrap_ci(scores, np.mean),
-                   iqm=float(iqm(scores)), iqm_ci=bootstrap_ci(scores, iqm),
-                   sps=float(np.mean([r["sps"] for r in ok])), sps_all=[r["sps"] for r in ok],
-                   wall_time_s=float(np.mean([r["wall_time_s"] for r in ok])))
+        row.update(
+            mean=float(scores.mean()),
+            mean_ci=bootstrap_ci(scores, np.mean),
+            iqm=float(iqm(scores)),
+            iqm_ci=bootstrap_ci(scores, iqm),
+            sps=float(np.mean([r["sps"] for r in ok])),
+            sps_all=[r["sps"] for r in ok],
+            wall_time_s=float(np.mean([r["wall_time_s"] for r in ok])),
+        )
         norm = find_normalizer(references, env_id)
         if norm is not None:
             rnd, hum, _ = norm
@@ -195,16 +234,30 @@ def aggregate(runs: list, references: dict) -> dict:
     groups = {}
     for r in runs:
         groups.setdefault((r["script"], r["env_id"]), []).append(r)
-    rows = sorted((aggregate_row(script, env_id, group, references) for (script, env_id), group in groups.items()),
-                  key=lambda r: (r["script"], r["env_id"]))
+    rows = sorted(
+        (aggregate_row(script, env_id, group, references) for (script, env_id), group in groups.items()),
+        key=lambda r: (r["script"], r["env_id"]),
+    )
     aggregates = []
     for script in sorted({r["script"] for r in rows}):
         per_game = [np.array(r["hns"]["scores"]) for r in rows if r["script"] == script and "hns" in r]
         if per_game:
-            aggregates.append({"script": script, "metric": "IQM of human-normalized score over games x seeds",
-                               "games": len(per_game), "runs": int(sum(len(g) for g in per_game)),
-                               "value": float(iqm(np.concatenate(per_game))), "ci": bootstrap_ci(per_game, iqm)})
-    return {"rows": rows, "aggregates": aggregates, "profiles": profiles(rows), "improvement": pairwise_improvement(rows)}
+            aggregates.append(
+                {
+                    "script": script,
+                    "metric": "IQM of human-normalized score over games x seeds",
+                    "games": len(per_game),
+                    "runs": int(sum(len(g) for g in per_game)),
+                    "value": float(iqm(np.concatenate(per_game))),
+                    "ci": bootstrap_ci(per_game, iqm),
+                }
+            )
+    return {
+        "rows": rows,
+        "aggregates": aggregates,
+        "profiles": profiles(rows),
+        "improvement": pairwise_improvement(rows),
+    }
 
 
 def verdict(row: dict) -> str:
@@ -256,9 +309,18 @@ def profiles(rows: list, taus=PROFILE_TAUS) -> list:
         metric = normalized[0][1]
         envs, tasks = zip(*[(env, s) for env, m, s in normalized if m == metric])
         lo, hi = performance_profile_bands(tasks, taus)
-        out.append({"script": script, "metric": metric, "envs": list(envs), "runs": int(sum(map(len, tasks))),
-                    "taus": list(taus), "fraction": performance_profile(tasks, taus).tolist(),
-                    "ci": [[float(a), float(b)] for a, b in zip(lo, hi)], "scores": [t.tolist() for t in tasks]})
+        out.append(
+            {
+                "script": script,
+                "metric": metric,
+                "envs": list(envs),
+                "runs": int(sum(map(len, tasks))),
+                "taus": list(taus),
+                "fraction": performance_profile(tasks, taus).tolist(),
+                "ci": [[float(a), float(b)] for a, b in zip(lo, hi)],
+                "scores": [t.tolist() for t in tasks],
+            }
+        )
     return out
 
 
@@ -273,9 +335,16 @@ def pairwise_improvement(rows: list) -> list:
         envs = sorted(by_script[x].keys() & by_script[y].keys())
         if envs:
             xs, ys = [by_script[x][e]["scores"] for e in envs], [by_script[y][e]["scores"] for e in envs]
-            out.append({"x": x, "y": y, "envs": envs, "value": probability_of_improvement(xs, ys),
-                        "ci": probability_of_improvement_ci(xs, ys),
-                        "budgets": [[by_script[x][e]["budget"], by_script[y][e]["budget"]] for e in envs]})
+            out.append(
+                {
+                    "x": x,
+                    "y": y,
+                    "envs": envs,
+                    "value": probability_of_improvement(xs, ys),
+                    "ci": probability_of_improvement_ci(xs, ys),
+                    "budgets": [[by_script[x][e]["budget"], by_script[y][e]["budget"]] for e in envs],
+                }
+            )
     return out
 
 
@@ -314,11 +383,19 @@ def compare_results(current: dict, baseline: dict) -> list:
 
 def check_row(check: dict, row: dict, base: dict) -> None:
     lo, hi = bootstrap_diff_ci(row["scores"], base["scores"])
-    check.update(compared=True, iqm=row["iqm"], iqm_ci=row["iqm_ci"], base_iqm=base["iqm"],
-                 base_iqm_ci=base["iqm_ci"], diff_ci=(lo, hi), sps=row["sps"], base_sps=base["sps"],
-                 sps_change=row["sps"] / base["sps"] - 1.0,
-                 poi=probability_of_improvement(row["scores"], base["scores"]),
-                 poi_ci=probability_of_improvement_ci(row["scores"], base["scores"]))
+    check.update(
+        compared=True,
+        iqm=row["iqm"],
+        iqm_ci=row["iqm_ci"],
+        base_iqm=base["iqm"],
+        base_iqm_ci=base["iqm_ci"],
+        diff_ci=(lo, hi),
+        sps=row["sps"],
+        base_sps=base["sps"],
+        sps_change=row["sps"] / base["sps"] - 1.0,
+        poi=probability_of_improvement(row["scores"], base["scores"]),
+        poi_ci=probability_of_improvement_ci(row["scores"], base["scores"]),
+    )
     if hi < 0:
         check["flags"].append("score dropped")
     if row["sps"] < (1.0 - SPS_DROP_LIMIT) * base["sps"]:
@@ -333,6 +410,12 @@ def improvement_over_baseline(current: dict, baseline: dict, checks: list) -> li
     for script in sorted({c["script"] for c in checks if c.get("compared")}):
         keys = [(c["script"], c["env_id"]) for c in checks if c.get("compared") and c["script"] == script]
         xs, ys = [now[k] for k in keys], [base[k] for k in keys]
-        out.append({"script": script, "envs": [k[1] for k in keys], "value": probability_of_improvement(xs, ys),
-                    "ci": probability_of_improvement_ci(xs, ys)})
+        out.append(
+            {
+                "script": script,
+                "envs": [k[1] for k in keys],
+                "value": probability_of_improvement(xs, ys),
+                "ci": probability_of_improvement_ci(xs, ys),
+            }
+        )
     return out

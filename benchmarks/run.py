@@ -61,7 +61,7 @@ def fail(message: str) -> None:
 # ==== Suites and plans ====
 def load_suites(path: Path = SUITES_FILE) -> dict:
     with open(path, "rb") as f:
-        suites = tomllib.load(f)
+        suites = {name: value for name, value in tomllib.load(f).items() if isinstance(value, dict)}
     for name, suite in suites.items():
         suite["_dir"] = str(Path(path).resolve().parent)
         suite["name"] = name
@@ -92,8 +92,10 @@ def plan_runs(suite: dict, scripts=None, env_ids=None, seeds=None, extra_args=()
         known = {e["script"] for e in entries}
         unknown = wanted - known
         if unknown:
-            fail(f"--scripts {', '.join(sorted(unknown))} not in suite {suite['name']!r}; "
-                 f"it has {', '.join(sorted(known))}")
+            fail(
+                f"--scripts {', '.join(sorted(unknown))} not in suite {suite['name']!r}; "
+                f"it has {', '.join(sorted(known))}"
+            )
         entries = [e for e in entries if e["script"] in wanted]
     plan = []
     for entry in entries:
@@ -103,18 +105,25 @@ def plan_runs(suite: dict, scripts=None, env_ids=None, seeds=None, extra_args=()
             envs = [e for e in env_ids if env_family(e)[0] in families]
         script_path = Path(suite["_dir"]) / entry["path"] if "path" in entry else ROOT / entry["script"]
         for env_id in envs:
-            for seed in (seeds or entry["seeds"]):
-                plan.append({
-                    "script": entry["script"], "script_path": str(script_path), "env_id": env_id,
-                    "seed": int(seed), "total_timesteps": entry.get("total_timesteps"),
-                    "args": [str(a) for a in entry.get("args", [])] + list(extra_args),
-                    "run_name": f"{env_id.replace('/', '-')}__{Path(entry['script']).stem}__{seed}",
-                    "judge": bool(entry.get("judge", suite.get("judge", False))),
-                    "timeout_s": timeout_s or entry.get("timeout_s", suite.get("timeout_s")),
-                })
+            for seed in seeds or entry["seeds"]:
+                plan.append(
+                    {
+                        "script": entry["script"],
+                        "script_path": str(script_path),
+                        "env_id": env_id,
+                        "seed": int(seed),
+                        "total_timesteps": entry.get("total_timesteps"),
+                        "args": [str(a) for a in entry.get("args", [])] + list(extra_args),
+                        "run_name": f"{env_id.replace('/', '-')}__{Path(entry['script']).stem}__{seed}",
+                        "judge": bool(entry.get("judge", suite.get("judge", False))),
+                        "timeout_s": timeout_s or entry.get("timeout_s", suite.get("timeout_s")),
+                    }
+                )
     if not plan:
-        fail(f"the choices leave no run in suite {suite['name']!r}; check --scripts / --env-ids "
-             "(an env id only applies to scripts of its family: Atari, MinAtar, other)")
+        fail(
+            f"the choices leave no run in suite {suite['name']!r}; check --scripts / --env-ids "
+            "(an env id only applies to scripts of its family: Atari, MinAtar, other)"
+        )
     return plan
 
 
@@ -128,9 +137,19 @@ def plan_from_folder(out: Path) -> list:
             s = json.loads(path.read_text())
         except ValueError:
             s = {}
-        plan.append({"script": s.get("script", "?"), "script_path": "", "env_id": s.get("env_id", "?"),
-                     "seed": s.get("seed"), "total_timesteps": s.get("total_timesteps"), "args": [],
-                     "run_name": path.parent.name, "judge": True, "timeout_s": None})
+        plan.append(
+            {
+                "script": s.get("script", "?"),
+                "script_path": "",
+                "env_id": s.get("env_id", "?"),
+                "seed": s.get("seed"),
+                "total_timesteps": s.get("total_timesteps"),
+                "args": [],
+                "run_name": path.parent.name,
+                "judge": True,
+                "timeout_s": None,
+            }
+        )
     return plan
 
 
@@ -146,14 +165,18 @@ def resolve_baseline(value: str) -> Path:
         path = BASELINES_DIR / f"{value}.json"
     if not path.is_file():
         known = ", ".join(p.stem for p in sorted(BASELINES_DIR.glob("*.json"))) or "none yet"
-        fail(f"--compare {value}: no such baseline (a results.json, a report folder, or a name in "
-             f"benchmarks/baselines/: {known})")
+        fail(
+            f"--compare {value}: no such baseline (a results.json, a report folder, or a name in "
+            f"benchmarks/baselines/: {known})"
+        )
     return path
 
 
 def git_commit() -> str:
     try:
-        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True, timeout=10)
+        out = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True, timeout=10
+        )
         dirty = subprocess.run(["git", "status", "--porcelain"], cwd=ROOT, capture_output=True, text=True, timeout=10)
     except (OSError, subprocess.SubprocessError):
         return ""
@@ -164,29 +187,55 @@ def git_commit() -> str:
 
 # ==== Main, step by step ====
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
-    p.add_argument("--suite", default="smoke",
-                   help="suite name in benchmarks/suites.toml (smoke, quick, full) or path to a suites .toml file "
-                        "whose first suite is used")
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__
+    )
+    p.add_argument(
+        "--suite",
+        default="smoke",
+        help="suite name in benchmarks/suites.toml (smoke, quick, full) or path to a suites .toml file "
+        "whose first suite is used",
+    )
     p.add_argument("--scripts", nargs="+", help="only these scripts of the suite (e.g. dqn_cartpole.py)")
-    p.add_argument("--env-ids", nargs="+", help="run the selected scripts on these env ids instead of the suite's "
-                                                 "(each id goes to the scripts of its family: Atari, MinAtar, other)")
+    p.add_argument(
+        "--env-ids",
+        nargs="+",
+        help="run the selected scripts on these env ids instead of the suite's "
+        "(each id goes to the scripts of its family: Atari, MinAtar, other)",
+    )
     p.add_argument("--seeds", nargs="+", type=int, help="these seeds instead of the suite's")
-    p.add_argument("--workers", type=int, help="runs at a time (default: the suite's; 1 gives the cleanest steps/s, "
-                                                "2 finishes sooner on 2 cores)")
+    p.add_argument(
+        "--workers",
+        type=int,
+        help="runs at a time (default: the suite's; 1 gives the cleanest steps/s, 2 finishes sooner on 2 cores)",
+    )
     p.add_argument("--out", help="output folder (default: benchmarks/out/<suite>)")
-    p.add_argument("--compare", metavar="BASELINE",
-                   help="results.json, report folder, or name in benchmarks/baselines/ to check for regressions")
-    p.add_argument("--save-baseline", nargs="?", const="", metavar="NAME",
-                   help="store this run's results.json as benchmarks/baselines/NAME.json (default NAME: the suite)")
-    p.add_argument("--timeout", type=float, help="seconds per run before it is stopped and failed (default: the suite's)")
-    p.add_argument("--extra-args", default="", help="flags appended to every script command, e.g. \"--no-cuda\"")
+    p.add_argument(
+        "--compare",
+        metavar="BASELINE",
+        help="results.json, report folder, or name in benchmarks/baselines/ to check for regressions",
+    )
+    p.add_argument(
+        "--save-baseline",
+        nargs="?",
+        const="",
+        metavar="NAME",
+        help="store this run's results.json as benchmarks/baselines/NAME.json (default NAME: the suite)",
+    )
+    p.add_argument(
+        "--timeout", type=float, help="seconds per run before it is stopped and failed (default: the suite's)"
+    )
+    p.add_argument("--extra-args", default="", help='flags appended to every script command, e.g. "--no-cuda"')
     p.add_argument("--report-only", action="store_true", help="launch nothing: rebuild the report from --out")
     p.add_argument("--dry-run", action="store_true", help="print the runs and their commands, launch nothing")
-    p.add_argument("--plant-drop", type=float, default=0.0, metavar="FRACTION",
-                   help="lower every score by FRACTION of its magnitude before aggregating (with --report-only "
-                        "--compare: shows whether the baseline's spread lets the check catch such a drop)")
+    p.add_argument(
+        "--plant-drop",
+        type=float,
+        default=0.0,
+        metavar="FRACTION",
+        help="lower every score by FRACTION of its magnitude before aggregating (with --report-only "
+        "--compare: shows whether the baseline's spread lets the check catch such a drop)",
+    )
     p.add_argument("--progress-every", type=float, default=15.0, help="seconds between progress lines")
     return p.parse_args(argv)
 
@@ -212,11 +261,16 @@ def launch(plan: list, suite_name: str, out: Path, workers: int, progress_every:
 
 
 def run_meta(suite_name: str, workers: int, plant_drop: float, argv) -> dict:
-    return {"suite": suite_name, "created": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
-            "host": f"{platform.node()} ({os.cpu_count()} CPUs, {platform.platform()}, Python {platform.python_version()})",
-            "workers": workers, "git": git_commit(),
-            "command": shlex.join(["python", "benchmarks/run.py", *(sys.argv[1:] if argv is None else argv)]),
-            "load_average": os.getloadavg() if hasattr(os, "getloadavg") else None, "planted_drop": plant_drop}
+    return {
+        "suite": suite_name,
+        "created": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
+        "host": f"{platform.node()} ({os.cpu_count()} CPUs, {platform.platform()}, Python {platform.python_version()})",
+        "workers": workers,
+        "git": git_commit(),
+        "command": shlex.join(["python", "benchmarks/run.py", *(sys.argv[1:] if argv is None else argv)]),
+        "load_average": os.getloadavg() if hasattr(os, "getloadavg") else None,
+        "planted_drop": plant_drop,
+    }
 
 
 def compare_with_baseline(results: dict, baseline_path: Path, workers: int) -> dict:
@@ -224,13 +278,19 @@ def compare_with_baseline(results: dict, baseline_path: Path, workers: int) -> d
     performance profiles; stored in results['comparison']."""
     baseline = json.loads(baseline_path.read_text())
     checks = compare_results(results, baseline)
-    comparison = {"baseline": str(baseline_path), "checks": checks,
-                  "improvement": improvement_over_baseline(results, baseline, checks),
-                  "profiles": profiles(baseline["rows"])}
+    comparison = {
+        "baseline": str(baseline_path),
+        "checks": checks,
+        "improvement": improvement_over_baseline(results, baseline, checks),
+        "profiles": profiles(baseline["rows"]),
+    }
     results["comparison"] = comparison
     if baseline.get("meta", {}).get("workers") not in (None, workers):
-        print(f"[bench] warning: baseline ran with {baseline['meta']['workers']} worker(s), this with {workers}: "
-              "steps/s are not comparable", flush=True)
+        print(
+            f"[bench] warning: baseline ran with {baseline['meta']['workers']} worker(s), this with {workers}: "
+            "steps/s are not comparable",
+            flush=True,
+        )
     return comparison
 
 
@@ -241,8 +301,11 @@ def write_report(out: Path, results: dict, comparison) -> None:
     print(f"[bench] report: {out / 'report.md'}", flush=True)
     for row in results["rows"]:
         if row["seeds"]:
-            print(f"[bench]   {row['script']} {row['env_id']}: IQM {fmt_ci(row['iqm'], row['iqm_ci'], 2)} over "
-                  f"{len(row['seeds'])} seeds, {row['sps']:,.0f} steps/s, {row['verdict']}", flush=True)
+            print(
+                f"[bench]   {row['script']} {row['env_id']}: IQM {fmt_ci(row['iqm'], row['iqm_ci'], 2)} over "
+                f"{len(row['seeds'])} seeds, {row['sps']:,.0f} steps/s, {row['verdict']}",
+                flush=True,
+            )
         else:
             print(f"[bench]   {row['script']} {row['env_id']}: {row['verdict']}", flush=True)
 

@@ -52,15 +52,17 @@ def percentile_interval(values, level: float = CI_LEVEL) -> tuple:
     return (float(lo), float(hi)) if np.ndim(lo) == 0 else (lo, hi)
 
 
-def bootstrap_ci(samples_per_task, statistic=iqm, reps: int = BOOTSTRAP_REPS, level: float = CI_LEVEL,
-                 seed: int = BOOTSTRAP_SEED) -> tuple:
+def bootstrap_ci(
+    samples_per_task, statistic=iqm, reps: int = BOOTSTRAP_REPS, level: float = CI_LEVEL, seed: int = BOOTSTRAP_SEED
+) -> tuple:
     """Percentile-bootstrap CI of `statistic` of all runs pooled, runs resampled within each task."""
     pooled = np.concatenate(stratified_resamples(samples_per_task, reps, np.random.default_rng(seed)), axis=1)
     return percentile_interval(statistic(pooled, axis=1), level)
 
 
-def bootstrap_diff_ci(new, base, statistic=iqm, reps: int = BOOTSTRAP_REPS, level: float = CI_LEVEL,
-                      seed: int = BOOTSTRAP_SEED) -> tuple:
+def bootstrap_diff_ci(
+    new, base, statistic=iqm, reps: int = BOOTSTRAP_REPS, level: float = CI_LEVEL, seed: int = BOOTSTRAP_SEED
+) -> tuple:
     """Percentile-bootstrap CI of statistic(new) - statistic(base), seeds of each resampled
     independently (the two sets of runs are unpaired: a code change gives a new trajectory)."""
     rng = np.random.default_rng(seed)
@@ -82,8 +84,9 @@ def probability_of_improvement(x_per_task, y_per_task) -> float:
     return float(np.mean([_p_greater(x, y) for x, y in zip(as_tasks(x_per_task), as_tasks(y_per_task))]))
 
 
-def probability_of_improvement_ci(x_per_task, y_per_task, reps: int = BOOTSTRAP_REPS, level: float = CI_LEVEL,
-                                  seed: int = BOOTSTRAP_SEED) -> tuple:
+def probability_of_improvement_ci(
+    x_per_task, y_per_task, reps: int = BOOTSTRAP_REPS, level: float = CI_LEVEL, seed: int = BOOTSTRAP_SEED
+) -> tuple:
     """Percentile-bootstrap CI of P(X > Y), the runs of X and of Y resampled independently within
     each task."""
     rng = np.random.default_rng(seed)
@@ -99,8 +102,9 @@ def performance_profile(samples_per_task, taus):
     return np.mean([(x[..., None, :] > taus[:, None]).mean(axis=-1) for x in as_tasks(samples_per_task)], axis=0)
 
 
-def performance_profile_bands(samples_per_task, taus, reps: int = BOOTSTRAP_REPS, level: float = CI_LEVEL,
-                              seed: int = BOOTSTRAP_SEED) -> tuple:
+def performance_profile_bands(
+    samples_per_task, taus, reps: int = BOOTSTRAP_REPS, level: float = CI_LEVEL, seed: int = BOOTSTRAP_SEED
+) -> tuple:
     """(low, high) arrays: the pointwise percentile-bootstrap band of the profile, stratified by task."""
     resampled = stratified_resamples(samples_per_task, reps, np.random.default_rng(seed))
     return percentile_interval(performance_profile(resampled, taus), level)

@@ -16,13 +16,25 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 SUMMARY_KEYS = {
-    "script", "env_id", "seed", "total_timesteps", "wall_time_s", "sps", "device",
-    "final_eval", "eval_history", "args", "versions",
+    "script",
+    "env_id",
+    "seed",
+    "total_timesteps",
+    "wall_time_s",
+    "sps",
+    "device",
+    "final_eval",
+    "eval_history",
+    "args",
+    "versions",
 }
 FINAL_EVAL_KEYS = {"episodes", "mean", "std", "min", "max"}
 EVAL_HISTORY_KEYS = {"step", "wall_time_s", "mean"}
 REQUIRED_TAGS = {
-    "charts/episodic_return", "charts/episodic_length", "charts/SPS", "eval/episodic_return",
+    "charts/episodic_return",
+    "charts/episodic_length",
+    "charts/SPS",
+    "eval/episodic_return",
 }
 
 
@@ -31,7 +43,11 @@ def run_script(script, *args, cwd, timeout=600, env=None):
     full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
     return subprocess.run(
         [sys.executable, str(ROOT / script), *map(str, args)],
-        cwd=cwd, capture_output=True, text=True, timeout=timeout, env=full_env,
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=full_env,
     )
 
 
@@ -68,17 +84,23 @@ def check_run_contract(run_dir, script, env_id, seed, total_timesteps):
     return summary
 
 
-def assert_bad_input(script, *args, cwd, mentions, timeout=120):
-    """Bad input stops with exit code 2 and one line (no traceback) naming the problem and the fix."""
+def assert_bad_input(script, *args, cwd, mentions, timeout=120, keep=False):
+    """Bad input stops with exit code 2 and one line (no traceback) naming the problem and the fix.
+    keep: runs/ already holds runs, which must stay as they were (nothing written, nothing removed)."""
+    before = sorted((Path(cwd) / "runs").rglob("*")) if keep else []
     proc = run_script(script, *args, cwd=cwd, timeout=timeout)
     assert proc.returncode == 2, (proc.returncode, proc.stdout[-2000:], proc.stderr[-2000:])
     assert "Traceback" not in proc.stderr
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
     assert len(lines) == 1, proc.stderr
-    for word in ([mentions] if isinstance(mentions, str) else mentions):
+    for word in [mentions] if isinstance(mentions, str) else mentions:
         assert word in lines[0], lines[0]
-    assert not (Path(cwd) / "runs").exists() or not any((Path(cwd) / "runs").iterdir()), \
-        "bad input must stop before a run directory is written"
+    if keep:
+        assert sorted((Path(cwd) / "runs").rglob("*")) == before, "bad input must not touch runs/"
+    else:
+        assert not (Path(cwd) / "runs").exists() or not any((Path(cwd) / "runs").iterdir()), (
+            "bad input must stop before a run directory is written"
+        )
     return lines[0]
 
 
@@ -153,3 +175,102 @@ def assert_layer_grad_norms(run_dir, layers, loss_tag="losses/td_loss"):
         layer_norms = [scalars[tag][i][1] for tag in layers]
         assert min(layer_norms) > 0
         assert math.sqrt(sum(n * n for n in layer_norms)) == pytest.approx(total, rel=1e-4)
+
+
+# ---- Endurance: kill -9 and resume, non-finite stops, memory checks (every script) ----
+TIME_TAGS = {"charts/SPS"}  # wall-clock figures: the only scalars a resumed run may log differently
+
+
+def kill_after_checkpoint(script, *args, cwd, run_name, rng, timeout=300):
+    """Starts `script`, waits for its first checkpoint, then SIGKILLs it at a random moment of the next
+    `window` seconds (mid-update, mid-evaluation, mid-checkpoint-write alike). Returns the kill delay."""
+    import signal
+    import time
+
+    proc = subprocess.Popen(
+        [sys.executable, str(ROOT / script), *map(str, args), "--run-name", run_name],
+        cwd=cwd,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    checkpoint, deadline = Path(cwd) / "runs" / run_name / "checkpoint", time.time() + timeout
+    while not checkpoint.exists():
+        assert proc.poll() is None, f"{script} stopped before its first checkpoint: {proc.stderr.read()[-3000:]}"
+        assert time.time() < deadline, "no checkpoint written"
+        time.sleep(0.05)
+    delay = float(rng.uniform(0.0, 1.0))
+    time.sleep(delay)
+    assert proc.poll() is None, "the run finished before it could be killed: give it a longer budget"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    return delay
+
+
+def assert_kill_resume_equal(script, *args, cwd, seed=0, timeout=300):
+    """A run killed with SIGKILL at a random moment after a checkpoint and resumed with --resume ends like
+    the same run never killed: the same summary figures and the same TensorBoard curves, step for step."""
+    import numpy as np
+
+    full = run_script(script, *args, "--run-name", "full", cwd=cwd, timeout=timeout)
+    assert full.returncode == 0, full.stderr[-3000:]
+    delay = kill_after_checkpoint(
+        script, *args, cwd=cwd, run_name="killed", rng=np.random.default_rng(seed), timeout=timeout
+    )
+    resumed = run_script(script, "--resume", Path("runs") / "killed", cwd=cwd, timeout=timeout)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    a, b = (json.loads((Path(cwd) / "runs" / name / "summary.json").read_text()) for name in ("full", "killed"))
+    assert a["final_eval"] == b["final_eval"], (delay, a["final_eval"], b["final_eval"])
+    untimed = [{k: v for k, v in p.items() if k != "wall_time_s"} for p in a["eval_history"]]
+    assert untimed == [{k: v for k, v in p.items() if k != "wall_time_s"} for p in b["eval_history"]], delay
+    assert a["total_timesteps"] == b["total_timesteps"] and b["status"] == "finished"
+    curves_a, curves_b = read_scalars(Path(cwd) / "runs/full"), read_scalars(Path(cwd) / "runs/killed")
+    assert curves_a.keys() == curves_b.keys()
+    for tag in curves_a.keys() - TIME_TAGS:
+        assert curves_a[tag] == curves_b[tag], (tag, delay)
+    return a, b
+
+
+def assert_nonfinite_stops(run, run_dir, capsys):
+    """`run()` plants a non-finite loss after the run's first checkpoint: it stops at once with one error line
+    naming the step and the kept checkpoint, exit code 3, summary.json marked failed. Returns the checkpoint."""
+    with pytest.raises(SystemExit) as exit_:
+        run()
+    assert exit_.value.code == 3
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: non-finite") and "step" in lines[0], lines
+    checkpoint = Path(run_dir) / "checkpoint"
+    assert str(checkpoint) in lines[0] and checkpoint.is_file(), lines[0]
+    summary = json.loads((Path(run_dir) / "summary.json").read_text())
+    assert summary["status"] == "failed" and "non-finite" in summary["failure"]
+    return checkpoint
+
+
+def fake_cgroup(tmp_path, version, limit, usage):
+    """(meminfo, cgroup root) files of a machine with 20 GiB available and a container limit."""
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    meminfo = tmp_path / "meminfo"
+    meminfo.write_text(f"MemTotal: {24 << 20} kB\nMemFree: {1 << 20} kB\nMemAvailable: {20 << 20} kB\n")
+    root = tmp_path / "cgroup"
+    names = (
+        ("memory.max", "memory.current")
+        if version == 2
+        else ("memory/memory.limit_in_bytes", "memory/memory.usage_in_bytes")
+    )
+    for name, value in zip(names, (limit, usage)):
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_text(f"{value}\n")
+    return str(meminfo), str(root)
+
+
+def assert_available_memory(available_memory, tmp_path):
+    """MemAvailable (not MemFree), capped by a cgroup v1 or v2 limit minus what the cgroup uses."""
+    gib = 1 << 30
+    meminfo, root = fake_cgroup(tmp_path / "none", 2, "max", 0)
+    assert available_memory(meminfo, root) == 20 * gib
+    meminfo, root = fake_cgroup(tmp_path / "v2", 2, 8 * gib, 3 * gib)
+    assert available_memory(meminfo, root) == 5 * gib
+    meminfo, root = fake_cgroup(tmp_path / "v1", 1, 6 * gib, 2 * gib)
+    assert available_memory(meminfo, root) == 4 * gib
+    meminfo, root = fake_cgroup(tmp_path / "v1unlimited", 1, 9223372036854771712, 2 * gib)
+    assert available_memory(meminfo, root) == 20 * gib

@@ -80,8 +80,14 @@ def run_mutant(mutant: Mutant, timeout: float) -> tuple:
         (copy / mutant.script).write_text(planted)
         cmd = [sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", *mutant.tests]
         try:
-            proc = subprocess.run(cmd, cwd=copy, capture_output=True, text=True, timeout=timeout,
-                                  env={**os.environ, "PYTHONDONTWRITEBYTECODE": "1"})
+            proc = subprocess.run(
+                cmd,
+                cwd=copy,
+                capture_output=True,
+                text=True,
+                timeout=timeout,
+                env={**os.environ, "PYTHONDONTWRITEBYTECODE": "1"},
+            )
         except subprocess.TimeoutExpired:
             return "killed", f"timeout: the tests ran past {timeout:.0f} s", time.time() - start
     seconds = time.time() - start
@@ -99,15 +105,18 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--script", help="only this script's mutants (e.g. dqn_cartpole.py)")
     parser.add_argument("--bug", help="only mutants whose bug name contains this text")
-    parser.add_argument("--workers", type=int, default=1,
-                        help="mutants run at once (each pytest uses the cores too; 1 on 2 cores)")
+    parser.add_argument(
+        "--workers", type=int, default=1, help="mutants run at once (each pytest uses the cores too; 1 on 2 cores)"
+    )
     parser.add_argument("--timeout", type=float, default=1200, help="seconds per mutant before it counts as killed")
     parser.add_argument("--list", action="store_true", help="print the planted bugs and exit")
     args = parser.parse_args()
 
-    mutants = [m for m in load_mutants()
-               if (args.script is None or m.script == args.script)
-               and (args.bug is None or args.bug.lower() in m.bug.lower())]
+    mutants = [
+        m
+        for m in load_mutants()
+        if (args.script is None or m.script == args.script) and (args.bug is None or args.bug.lower() in m.bug.lower())
+    ]
     if not mutants:
         print("error: no mutant matches --script/--bug; see python tests/mutation.py --list", file=sys.stderr)
         return 2
@@ -129,8 +138,10 @@ def main() -> int:
     with ThreadPoolExecutor(args.workers) as pool:
         verdicts = list(pool.map(one, mutants))
     bad = sum(v != "killed" for v in verdicts)
-    print(f"{len(verdicts) - bad} of {len(verdicts)} killed, {verdicts.count('survived')} survived, "
-          f"{verdicts.count('stale')} stale, {verdicts.count('invalid')} invalid, in {time.time() - start:.0f} s")
+    print(
+        f"{len(verdicts) - bad} of {len(verdicts)} killed, {verdicts.count('survived')} survived, "
+        f"{verdicts.count('stale')} stale, {verdicts.count('invalid')} invalid, in {time.time() - start:.0f} s"
+    )
     return 1 if bad else 0
 
 

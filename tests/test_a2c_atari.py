@@ -1,6 +1,7 @@
 """Tests of a2c_atari.py: the return/advantage functions against hand-computed cases, the loss and the
 update, the optimizer, the rollout's episode bookkeeping (scripted and real envs), the evaluation, seeding,
-what train() applies (learning rate, seeds), a smoke run, bad input and bad checkpoints."""
+what train() applies (learning rate, seeds), a smoke run, bad input and bad checkpoints, checkpoints and
+--resume after a kill, non-finite stops, the memory check, and the environment as run (sticky actions)."""
 
 import copy
 import dataclasses
@@ -10,10 +11,19 @@ import numpy as np
 import pytest
 import torch
 import torch.nn as nn
+from conftest import (
+    assert_available_memory,
+    assert_bad_input,
+    assert_kill_resume_equal,
+    assert_nonfinite_stops,
+    assert_rejects_checkpoint,
+    bad_torch_checkpoints,
+    check_run_contract,
+    read_scalars,
+    run_script,
+)
 
 import a2c_atari as A
-from conftest import (assert_bad_input, assert_rejects_checkpoint, bad_torch_checkpoints, check_run_contract,
-                      read_scalars, run_script)
 
 SCRIPT = "a2c_atari.py"
 GAMMA = 0.5  # a small gamma makes every hand-computed case distinguish the alternatives
@@ -38,23 +48,30 @@ def expected_cases():
     """(terminated, truncated, valid, expected returns) computed by hand with gamma = 0.5."""
     # env 0: no boundary: R3 = 4 + .5*100 = 54, R2 = 3 + 27 = 30, R1 = 2 + 15 = 17, R0 = 1 + 8.5 = 9.5.
     # env 1: terminal (game over or lost life) at t=1: R1 = 2, R0 = 1 + 1 = 2; t=2, t=3 as env 0.
-    terminal_mid = (col([0, 0], [0, 1], [0, 0], [0, 0]), ZERO, ONE,
-                    col([9.5, 2.0], [17, 2.0], [30, 30], [54, 54]))
+    terminal_mid = (col([0, 0], [0, 1], [0, 0], [0, 0]), ZERO, ONE, col([9.5, 2.0], [17, 2.0], [30, 30], [54, 54]))
     # env 1: game truncated at t=1 (frame cap): t=2 is the autoreset step (invalid), whose obs is the
     # game's last state: R1 = 2 + .5 * V(s_2) = 17, R0 = 1 + 8.5 = 9.5; the invalid step carries its
     # value (30); t=3 starts a new game: 54.
-    truncated_mid = (ZERO, col([0, 0], [0, 1], [0, 0], [0, 0]), col([1, 1], [1, 1], [1, 0], [1, 1]),
-                     col([9.5, 9.5], [17, 17], [30, 30], [54, 54]))
+    truncated_mid = (
+        ZERO,
+        col([0, 0], [0, 1], [0, 0], [0, 0]),
+        col([1, 1], [1, 1], [1, 0], [1, 1]),
+        col([9.5, 9.5], [17, 17], [30, 30], [54, 54]),
+    )
     # env 1: game over at t=0, t=1 is its autoreset step: R0 = 1, R1 = V = 20 (masked anyway).
-    game_over_first = (col([0, 1], [0, 0], [0, 0], [0, 0]), ZERO, col([1, 1], [1, 0], [1, 1], [1, 1]),
-                       col([9.5, 1.0], [17, 20], [30, 30], [54, 54]))
+    game_over_first = (
+        col([0, 1], [0, 0], [0, 0], [0, 0]),
+        ZERO,
+        col([1, 1], [1, 0], [1, 1], [1, 1]),
+        col([9.5, 1.0], [17, 20], [30, 30], [54, 54]),
+    )
     return {"terminal_mid": terminal_mid, "truncated_mid": truncated_mid, "game_over_first": game_over_first}
 
 
 def check_returns(returns_fn):
     for name, (terminated, truncated, valid, expected) in expected_cases().items():
         got = returns_fn(REWARDS, VALUES, NEXT_VALUE, terminated, truncated, valid, GAMMA)
-        torch.testing.assert_close(got, expected, msg=lambda m: f"{name}: {m}")
+        torch.testing.assert_close(got, expected, msg=lambda m, name=name: f"{name}: {m}")
 
 
 def script_nstep(rewards, values, next_value, terminated, truncated, valid, gamma):
@@ -92,8 +109,9 @@ def test_nstep_returns_hand_computed():
     check_returns(script_nstep)
 
 
-@pytest.mark.parametrize("wrong", [wrong_adds_intermediate_values, wrong_one_step_bootstrap,
-                                   wrong_bootstrap_through_terminal])
+@pytest.mark.parametrize(
+    "wrong", [wrong_adds_intermediate_values, wrong_one_step_bootstrap, wrong_bootstrap_through_terminal]
+)
 def test_wrong_return_functions_fail_the_same_check(wrong):
     with pytest.raises(AssertionError):
         check_returns(wrong)
@@ -133,8 +151,16 @@ def test_gae_lambda_zero_is_one_step_td_and_stops_at_boundaries():
 
 def test_returns_and_advantages_dispatch():
     terminated, truncated, valid, expected = expected_cases()["terminal_mid"]
-    rollout = A.Rollout(torch.zeros(4, 2, 4, 84, 84, dtype=torch.uint8), torch.zeros(4, 2, dtype=torch.long),
-                        VALUES, REWARDS, terminated, truncated, valid, NEXT_VALUE)
+    rollout = A.Rollout(
+        torch.zeros(4, 2, 4, 84, 84, dtype=torch.uint8),
+        torch.zeros(4, 2, dtype=torch.long),
+        VALUES,
+        REWARDS,
+        terminated,
+        truncated,
+        valid,
+        NEXT_VALUE,
+    )
     returns, adv = A.returns_and_advantages(rollout, GAMMA, 1.0)
     torch.testing.assert_close(returns, expected)
     torch.testing.assert_close(adv, expected - VALUES)
@@ -182,8 +208,16 @@ def test_loss_components_and_uniform_entropy():
     torch.testing.assert_close(p["policy_loss"], -(adv * logp).mean())
     torch.testing.assert_close(p["value_loss"], ((ret - values) ** 2).mean())
     torch.testing.assert_close(loss, p["policy_loss"] + 0.5 * p["value_loss"] - 0.01 * p["entropy"])
-    _, pu = A.a2c_loss(torch.zeros(3, 4), torch.zeros(3), torch.zeros(3, dtype=torch.long),
-                       torch.zeros(3), torch.zeros(3), torch.ones(3), 0.5, 0.01)
+    _, pu = A.a2c_loss(
+        torch.zeros(3, 4),
+        torch.zeros(3),
+        torch.zeros(3, dtype=torch.long),
+        torch.zeros(3),
+        torch.zeros(3),
+        torch.ones(3),
+        0.5,
+        0.01,
+    )
     torch.testing.assert_close(pu["entropy"], torch.tensor(np.log(4), dtype=torch.float32))  # 1.386
 
 
@@ -191,10 +225,12 @@ def test_autoreset_steps_carry_no_loss_or_gradient():
     logits, values, actions = loss_inputs()
     adv, ret = torch.randn(6), torch.randn(6)
     valid = torch.tensor([1.0, 1, 0, 1, 0, 1])
+
     def grads(lg, v, a, ad, r):
         lg, v = lg.clone().requires_grad_(True), v.clone().requires_grad_(True)
         loss, _ = A.a2c_loss(lg, v, a, ad, r, valid, 0.5, 0.01)
         return (loss, *torch.autograd.grad(loss, (lg, v)))
+
     base = grads(logits, values, actions, adv, ret)
     # Change everything at the invalid steps: logits, values, actions, advantages, returns.
     bad = valid == 0
@@ -205,8 +241,9 @@ def test_autoreset_steps_carry_no_loss_or_gradient():
     torch.testing.assert_close(changed[1][~bad], base[1][~bad])
     assert changed[1][bad].abs().max() == 0 and changed[2][bad].abs().max() == 0
     # the mean is over valid steps only: the same loss as the valid steps alone
-    only_valid, _ = A.a2c_loss(logits[~bad], values[~bad], actions[~bad], adv[~bad], ret[~bad],
-                               torch.ones(int((~bad).sum())), 0.5, 0.01)
+    only_valid, _ = A.a2c_loss(
+        logits[~bad], values[~bad], actions[~bad], adv[~bad], ret[~bad], torch.ones(int((~bad).sum())), 0.5, 0.01
+    )
     torch.testing.assert_close(base[0], only_valid)
 
 
@@ -225,21 +262,29 @@ def test_update_ignores_autoreset_steps():
     T, E = 3, 2
     obs = torch.randint(0, 256, (T, E, 4, 84, 84), generator=g, dtype=torch.uint8)
     # env 1: game over at t=0, t=1 is its reset step
-    rollout = A.Rollout(obs, torch.randint(0, 4, (T, E), generator=g), torch.randn(T, E, generator=g),
-                        col([1, 0], [0, 1], [-1, 0]), col([0, 1], [0, 0], [0, 0]), torch.zeros(T, E),
-                        col([1, 1], [1, 0], [1, 1]), torch.randn(E, generator=g))
+    rollout = A.Rollout(
+        obs,
+        torch.randint(0, 4, (T, E), generator=g),
+        torch.randn(T, E, generator=g),
+        col([1, 0], [0, 1], [-1, 0]),
+        col([0, 1], [0, 0], [0, 0]),
+        torch.zeros(T, E),
+        col([1, 1], [1, 0], [1, 1]),
+        torch.randn(E, generator=g),
+    )
 
     agent0 = A.ActorCritic(4)
 
     def update(r):
         agent = copy.deepcopy(agent0)
         before = [p.detach().clone() for p in agent.parameters()]
-        A.a2c_update(agent, A.TFRMSprop(agent.parameters()), r, A.Args(), 7e-4)
+        A.a2c_update(agent, A.TFRMSprop(agent.parameters()), r, A.Args(), 7e-4, torch.ones((), dtype=torch.bool))
         return torch.cat([(p.detach() - b).flatten() for p, b in zip(agent.parameters(), before)])
 
     base = update(rollout)
-    other = dataclasses.replace(rollout, obs=obs.clone(), actions=rollout.actions.clone(),
-                                rewards=rollout.rewards.clone())
+    other = dataclasses.replace(
+        rollout, obs=obs.clone(), actions=rollout.actions.clone(), rewards=rollout.rewards.clone()
+    )
     other.obs[1, 1], other.actions[1, 1], other.rewards[1, 1] = 255 - obs[1, 1], 3 - rollout.actions[1, 1], -1.0
     assert base.abs().max() > 0
     torch.testing.assert_close(update(other), base, rtol=0, atol=1e-3 * float(base.abs().max()))
@@ -250,7 +295,7 @@ def tf_rmsprop_reference(p, grads, lr, alpha, eps):
     """TensorFlow's RMSProp (momentum 0): ms starts at 1; p -= lr * g / sqrt(ms + eps). numpy float64."""
     p, ms = np.array(p, dtype=np.float64), np.ones_like(p, dtype=np.float64)
     for g in grads:
-        ms = alpha * ms + (1 - alpha) * g ** 2
+        ms = alpha * ms + (1 - alpha) * g**2
         p = p - lr * g / np.sqrt(ms + eps)
     return p
 
@@ -361,9 +406,11 @@ def test_evaluation_counts_each_first_game_only(monkeypatch):
         ([100, 100], [0, 0], [0, 0], [5, 5]),
     ]
     envs = ScriptedEnvs(script, [5, 5])
-    monkeypatch.setattr(A, "make_envs", lambda *args: (envs, *envs.first_obs()))
-    returns, lengths = A.evaluate(ConstantAgent(), "breakout", 2, 0, torch.device("cpu"))
-    assert returns == [3 + 2, 1 + 1 + 1 + 4] and lengths == [2, 4]
+    monkeypatch.setattr(A, "make_envs", lambda *args, **kwargs: (envs, *envs.first_obs()))
+    episodes = A.evaluate(ConstantAgent(), "breakout", 2, 0, torch.device("cpu"))
+    assert episodes.returns == [3 + 2, 1 + 1 + 1 + 4] and episodes.lengths == [2, 4]
+    assert episodes.truncated == [True, False]  # env 0 cut by the frame cap, env 1's game over
+    assert A.eval_stats(*episodes)["truncated"] == 0.5 and A.eval_stats(*episodes)["mean_length"] == 3.0
 
 
 # ---- rollouts and envs: real Breakout -------------------------------------------------------------
@@ -419,13 +466,21 @@ def short_training(seed, updates=3):
     envs, obs, info = A.make_envs("breakout", args.num_envs, seed)
     agent = A.ActorCritic(envs.single_action_space.n)
     optimizer = A.TFRMSprop(agent.parameters(), lr=args.learning_rate)
-    collector = A.RolloutCollector(envs, obs, info, args.num_steps, torch.device("cpu"),
-                                   torch.Generator().manual_seed(seed))
+    collector = A.RolloutCollector(
+        envs, obs, info, args.num_steps, torch.device("cpu"), torch.Generator().manual_seed(seed)
+    )
     actions = []
     for u in range(updates):
         rollout, _ = collector.collect(agent)
         actions.append(rollout.actions)
-        A.a2c_update(agent, optimizer, rollout, args, A.linear_schedule(args.learning_rate, 0, updates, u))
+        A.a2c_update(
+            agent,
+            optimizer,
+            rollout,
+            args,
+            A.linear_schedule(args.learning_rate, 0, updates, u),
+            torch.ones((), dtype=torch.bool),
+        )
     envs.close()
     return torch.cat(actions), torch.cat([p.detach().flatten() for p in agent.parameters()])
 
@@ -443,8 +498,17 @@ def test_same_seed_same_result():
 def spied_training(tmp_path_factory):
     """train() in-process for 5 updates, recording at every optimizer step the optimizer and the learning
     rate it applies, and the seed of the generator behind every sampled action."""
-    args = A.Args(seed=5, total_timesteps=50, num_envs=2, num_steps=5, cuda=False, run_name="spied",
-                  eval_episodes=1, final_eval_episodes=1, eval_max_frames=200)
+    args = A.Args(
+        seed=5,
+        total_timesteps=50,
+        num_envs=2,
+        num_steps=5,
+        cuda=False,
+        run_name="spied",
+        eval_episodes=1,
+        final_eval_episodes=1,
+        eval_max_frames=200,
+    )
     steps, seeds = [], []
     real_step, real_sample = A.TFRMSprop.step, A.sample_actions
 
@@ -460,7 +524,7 @@ def spied_training(tmp_path_factory):
         mp.chdir(tmp_path_factory.mktemp("spied"))
         mp.setattr(A.TFRMSprop, "step", step)
         mp.setattr(A, "sample_actions", sample_actions)
-        A.train(args)
+        A.main(args)
     return args, steps, seeds
 
 
@@ -468,8 +532,7 @@ def test_learning_rate_applied_anneals_linearly_per_update(spied_training):
     args, steps, _ = spied_training
     n = args.total_timesteps // (args.num_envs * args.num_steps)
     # update u applies lr * (1 - u / n): the full rate first, lr / n last (0 would come after training)
-    assert [lr for _, lr in steps] == pytest.approx([args.learning_rate * (n - u) / n for u in range(n)],
-                                                    rel=1e-12)
+    assert [lr for _, lr in steps] == pytest.approx([args.learning_rate * (n - u) / n for u in range(n)], rel=1e-12)
     # one optimizer for the whole run (rebuilt, it would lose its squared-gradient averages)
     assert all(opt is steps[0][0] for opt, _ in steps)
 
@@ -490,11 +553,32 @@ SMOKE_TOTAL, SMOKE_ENVS = 600, 2  # 2 envs x 300 steps: random Breakout games la
 def smoke_run(tmp_path_factory):
     """A tiny training run through the CLI with --save-model, shared by the tests below: its run directory."""
     cwd = tmp_path_factory.mktemp("smoke")
-    proc = run_script(SCRIPT, "--env-id", "BreakoutNoFrameskip-v4", "--seed", 3, "--total-timesteps", SMOKE_TOTAL,
-                      "--num-envs", SMOKE_ENVS, "--run-name", "smoke", "--save-model", "--log-frequency", 10,
-                      "--eval-frequency", 300,
-                      "--eval-episodes", 1, "--final-eval-episodes", 2, "--eval-max-frames", 2000,
-                      "--no-cuda", cwd=cwd)
+    proc = run_script(
+        SCRIPT,
+        "--env-id",
+        "BreakoutNoFrameskip-v4",
+        "--seed",
+        3,
+        "--total-timesteps",
+        SMOKE_TOTAL,
+        "--num-envs",
+        SMOKE_ENVS,
+        "--run-name",
+        "smoke",
+        "--save-model",
+        "--log-frequency",
+        10,
+        "--eval-frequency",
+        300,
+        "--eval-episodes",
+        1,
+        "--final-eval-episodes",
+        2,
+        "--eval-max-frames",
+        2000,
+        "--no-cuda",
+        cwd=cwd,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     return cwd / "runs" / "smoke"
 
@@ -502,11 +586,21 @@ def smoke_run(tmp_path_factory):
 def test_smoke_run_on_breakout_and_checkpoint_eval(smoke_run, workdir):
     run_dir = smoke_run
     summary = check_run_contract(run_dir, SCRIPT, "BreakoutNoFrameskip-v4", 3, SMOKE_TOTAL)
-    assert summary["final_eval"]["episodes"] == 2 and summary["device"] == "cpu"
+    assert summary["final_eval"]["episodes"] == 2 and summary["device"] == "cpu" and summary["status"] == "finished"
+    assert {"mean_length", "truncated"} <= summary["final_eval"].keys() and summary["sps"] >= summary["sps_with_eval"]
+    assert not (run_dir / "checkpoint").exists()  # 600 steps: below the default --checkpoint-frequency
     scalars = read_scalars(run_dir)
-    for tag in ("losses/policy_loss", "losses/value_loss", "losses/entropy", "losses/explained_variance",
-                "losses/grad_norm", "charts/learning_rate", "grad_norms/policy", "grad_norms/value",
-                "grad_norms/trunk.0"):
+    for tag in (
+        "losses/policy_loss",
+        "losses/value_loss",
+        "losses/entropy",
+        "losses/explained_variance",
+        "losses/grad_norm",
+        "charts/learning_rate",
+        "grad_norms/policy",
+        "grad_norms/value",
+        "grad_norms/trunk.0",
+    ):
         assert tag in scalars, tag
     # the logged learning rate is the one applied at that update u (logged at step (u + 1) * batch)
     batch = SMOKE_ENVS * A.Args.num_steps
@@ -521,9 +615,23 @@ def test_smoke_run_on_breakout_and_checkpoint_eval(smoke_run, workdir):
     square_avg = [s["square_avg"] for s in checkpoint["optimizer"]["state"].values()]
     assert min(float(s.min()) for s in square_avg) < 0.99 * 0.99 + 1e-3
 
-    proc = run_script(SCRIPT, "--env-id", "BreakoutNoFrameskip-v4", "--seed", 3, "--run-name", "evalrun",
-                      "--eval-checkpoint", run_dir / "a2c_atari.pt", "--final-eval-episodes", 2,
-                      "--eval-max-frames", 2000, "--no-cuda", cwd=workdir)
+    proc = run_script(
+        SCRIPT,
+        "--env-id",
+        "BreakoutNoFrameskip-v4",
+        "--seed",
+        3,
+        "--run-name",
+        "evalrun",
+        "--eval-checkpoint",
+        run_dir / "a2c_atari.pt",
+        "--final-eval-episodes",
+        2,
+        "--eval-max-frames",
+        2000,
+        "--no-cuda",
+        cwd=workdir,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     ev = json.loads((workdir / "runs" / "evalrun" / "summary.json").read_text())
     assert ev["total_timesteps"] == SMOKE_TOTAL and ev["final_eval"]["episodes"] == 2
@@ -541,20 +649,160 @@ BAD_CHECKPOINTS = {
 def test_eval_checkpoint_rejects_other_files(smoke_run, tmp_path, monkeypatch, capsys, name):
     content = BAD_CHECKPOINTS[name](smoke_run / "a2c_atari.pt")
     env_id = "PongNoFrameskip-v4" if name == "other_game" else "BreakoutNoFrameskip-v4"
-    line = assert_rejects_checkpoint(lambda path: A.train(A.Args(
-        env_id=env_id, eval_checkpoint=path, cuda=False, final_eval_episodes=1, eval_max_frames=400)),
-        content, tmp_path, monkeypatch, capsys)
+    line = assert_rejects_checkpoint(
+        lambda path: A.main(
+            A.Args(env_id=env_id, eval_checkpoint=path, cuda=False, final_eval_episodes=1, eval_max_frames=400)
+        ),
+        content,
+        tmp_path,
+        monkeypatch,
+        capsys,
+    )
     assert ("--env-id" if name == "other_game" else "--save-model") in line, line
     assert name != "other_game" or "BreakoutNoFrameskip-v4" in line  # the game it was trained on
 
 
-@pytest.mark.parametrize("args, mentions", [
-    (("--env-id", "CartPole-v1"), ["--env-id", "BreakoutNoFrameskip-v4"]),
-    (("--env-id", "NoSuchGameNoFrameskip-v4"), "--env-id"),
-    (("--total-timesteps", 50), ["--total-timesteps", "80"]),
-    (("--num-envs", 0), "--num-envs"),
-    (("--gae-lambda", 1.5), "--gae-lambda"),
-    (("--eval-checkpoint", "missing.pt"), ["--eval-checkpoint", "--save-model"]),
-])
+@pytest.mark.parametrize(
+    "args, mentions",
+    [
+        (("--env-id", "CartPole-v1"), ["--env-id", "BreakoutNoFrameskip-v4"]),
+        (("--env-id", "NoSuchGameNoFrameskip-v4"), "--env-id"),
+        (("--total-timesteps", 50), ["--total-timesteps", "80"]),
+        (("--num-envs", 0), "--num-envs"),
+        (("--gae-lambda", 1.5), "--gae-lambda"),
+        (("--sticky-action-prob", 1.0), "--sticky-action-prob"),
+        (("--checkpoint-frequency", -1), "--checkpoint-frequency"),
+        (("--eval-checkpoint", "missing.pt"), ["--eval-checkpoint", "--save-model"]),
+    ],
+)
 def test_bad_input(workdir, args, mentions):
     assert_bad_input(SCRIPT, *args, cwd=workdir, mentions=mentions)
+
+
+# ---- Endurance: checkpoints, resume, non-finite stops, memory -------------------------------------
+# 2 envs x 5 steps: an update every 10 steps; 1 short evaluation game every 100 steps.
+TINY = dict(
+    total_timesteps=300,
+    num_envs=2,
+    num_steps=5,
+    cuda=False,
+    log_frequency=5,
+    eval_frequency=100,
+    eval_episodes=1,
+    final_eval_episodes=1,
+    eval_max_frames=200,
+)
+CLI_TINY = [
+    "--total-timesteps",
+    1000,
+    "--num-envs",
+    2,
+    "--eval-frequency",
+    500,
+    "--eval-episodes",
+    1,
+    "--final-eval-episodes",
+    2,
+    "--eval-max-frames",
+    400,
+    "--log-frequency",
+    5,
+    "--no-cuda",
+]
+
+
+def tiny_args(**overrides):
+    return dataclasses.replace(A.Args(), **{**TINY, "run_name": "tiny", **overrides})
+
+
+def test_killed_run_resumes_to_the_same_result(workdir):
+    # Checkpoints every 300 steps (30 updates): the kill lands anywhere between (or during) them.
+    a, _ = assert_kill_resume_equal(SCRIPT, *CLI_TINY, "--checkpoint-frequency", 300, cwd=workdir)
+    assert a["final_eval"]["episodes"] == 2 and len(a["eval_history"]) == 2
+
+
+def test_checkpoint_holds_the_whole_run_state_and_games_restart_after_it(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    seeds, make_envs = [], A.make_envs
+
+    def spy(game, num_envs, seed, *args, **kwargs):
+        seeds.append((num_envs, seed))
+        return make_envs(game, num_envs, seed, *args, **kwargs)
+
+    monkeypatch.setattr(A, "make_envs", spy)
+    A.main(tiny_args(seed=4, total_timesteps=250, checkpoint_frequency=100))
+    # Training games start at step 0 and again after each checkpoint (not after the last update), seeded by the step.
+    assert [seed for n, seed in seeds if n == 2] == [4, 104, 204]
+    checkpoint = torch.load(tmp_path / "runs/tiny/checkpoint", weights_only=True)
+    assert checkpoint["global_step"] == 200 and checkpoint["updates"] == 20 and checkpoint["evals"] == 2
+    assert checkpoint["script"] == SCRIPT and checkpoint["args"]["checkpoint_frequency"] == 100
+    assert checkpoint["agent"].keys() == A.ActorCritic(4).state_dict().keys()
+    square_avg = [s["square_avg"] for s in checkpoint["optimizer"]["state"].values()]
+    assert len(square_avg) == len(checkpoint["agent"]) and min(float(s.min()) for s in square_avg) < 0.99
+    assert {"python", "numpy", "torch", "cuda", "generators"} <= checkpoint["rng"].keys()
+    assert len(checkpoint["rng"]["generators"]) == 1 and len(checkpoint["log"]["eval_history"]) == 2
+    assert not (tmp_path / "runs/tiny/checkpoint.tmp").exists()
+    # A periodic checkpoint evaluates like a --save-model file.
+    summary = A.main(tiny_args(run_name="ev", eval_checkpoint=str(tmp_path / "runs/tiny/checkpoint")))
+    assert summary["total_timesteps"] == 200 and summary["final_eval"]["episodes"] == 1
+
+
+def test_non_finite_loss_stops_the_run_and_keeps_the_checkpoint(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    calls, original = [0], A.a2c_loss
+
+    def poisoned(*args, **kwargs):  # from the 15th update on (step 150), after the checkpoint at step 100
+        calls[0] += 1
+        loss, parts = original(*args, **kwargs)
+        return (loss * float("nan") if calls[0] >= 15 else loss), parts
+
+    monkeypatch.setattr(A, "a2c_loss", poisoned)
+    checkpoint = assert_nonfinite_stops(lambda: A.main(tiny_args(checkpoint_frequency=100)), "runs/tiny", capsys)
+    saved = torch.load(checkpoint, weights_only=True)
+    assert saved["global_step"] == 100 and all(torch.isfinite(v).all() for v in saved["agent"].values())
+    # At once: the next rollout would sample actions from NaN probabilities.
+    assert "step 150" in json.loads((tmp_path / "runs/tiny/summary.json").read_text())["failure"]
+
+
+def test_resume_refuses_what_it_cannot_continue(workdir, smoke_run):
+    (workdir / "runs/early").mkdir(parents=True)  # killed before its first checkpoint
+    assert_bad_input(SCRIPT, "--resume", "runs/early", cwd=workdir, mentions=["--resume", "checkpoint"], keep=True)
+    assert_bad_input(SCRIPT, "--resume", smoke_run, cwd=workdir, mentions=["--resume", "finished"], keep=True)
+    (workdir / "runs/torn").mkdir()
+    (workdir / "runs/torn/checkpoint").write_bytes((smoke_run / "a2c_atari.pt").read_bytes()[:5000])
+    assert_bad_input(SCRIPT, "--resume", "runs/torn", cwd=workdir, mentions=["--resume", "not a torch"], keep=True)
+
+
+def test_memory_check_reads_mem_available_and_the_cgroup_limit(tmp_path):
+    assert_available_memory(A.available_memory, tmp_path)
+
+
+# ---- The environment as run -----------------------------------------------------------------------
+def test_sticky_actions_and_env_settings(tmp_path, monkeypatch):
+    assert A.sticky_prob(A.Args(env_id="ALE/Breakout-v5")) == 0.25  # the env id's own meaning
+    assert A.sticky_prob(A.Args(env_id="BreakoutNoFrameskip-v4")) == 0.0
+    assert A.sticky_prob(A.Args(env_id="ALE/Breakout-v5", sticky_action_prob=0.0)) == 0.0
+    built, real = [], A.AtariVectorEnv
+
+    def spy(game, num_envs, **kwargs):
+        built.append(kwargs)
+        return real(game, num_envs, **kwargs)
+
+    monkeypatch.setattr(A, "AtariVectorEnv", spy)
+    monkeypatch.chdir(tmp_path)
+    summary = A.main(tiny_args(env_id="ALE/Breakout-v5", total_timesteps=100, capture_video=True))
+    envs = [kw for kw in built if "noop_max" in kw]  # not the probes that count the actions
+    # training, the periodic and the final evaluation, and the video's two envs (stacks and RGB frames)
+    assert len(envs) == 5 and {kw["repeat_action_probability"] for kw in envs} == {0.25}
+    assert any((tmp_path / "runs/tiny/videos").iterdir())
+    env = summary["env"]
+    assert env["sticky_action_prob"] == 0.25 and env["action_set"] == "minimal (4 actions)"
+    assert env["noop_max"] == 30 and env["max_episode_frames"] == 108_000 and env["eval_max_episode_frames"] == 200
+    assert env["autoreset"] == "next_step" and "whole games" in env["life_loss"] and "[-1, 1]" in env["reward"]
+
+
+def test_evaluation_reports_lengths_and_frame_cap_cuts():
+    torch.manual_seed(0)
+    episodes = A.evaluate(A.ActorCritic(4), "breakout", 2, seed=0, device=torch.device("cpu"), max_frames=200)
+    assert episodes.lengths == [50, 50] and episodes.truncated == [True, True]  # 200 frames = 50 agent steps
+    assert A.eval_stats(*episodes)["truncated"] == 1.0

@@ -71,7 +71,9 @@ def test_bootstrap_ci_known_inputs():
 def test_probability_of_improvement_known_values():
     # x = [1, 2, 3] over y = [0, 2]: of the 6 pairs, 4 wins and 1 tie (2 vs 2) -> 4.5 / 6.
     assert stats.probability_of_improvement([1.0, 2.0, 3.0], [0.0, 2.0]) == pytest.approx(0.75)
-    assert stats.probability_of_improvement([0.0, 2.0], [1.0, 2.0, 3.0]) == pytest.approx(0.25)  # P(Y > X) = 1 - P(X > Y)
+    assert stats.probability_of_improvement([0.0, 2.0], [1.0, 2.0, 3.0]) == pytest.approx(
+        0.25
+    )  # P(Y > X) = 1 - P(X > Y)
     assert stats.probability_of_improvement([5.0, 5.0], [5.0, 5.0, 5.0]) == pytest.approx(0.5)  # all ties
     # Averaged over tasks, each task weighing the same: task A 0.75 (as above), task B 0 (scale 1000x).
     x, y = [[1.0, 2.0, 3.0], [1000.0]], [[0.0, 2.0], [2000.0, 3000.0]]
@@ -118,14 +120,34 @@ def test_human_normalized_score():
 # ---- published numbers ----
 ISSUE_NUMBERS = {  # issue 6, verbatim
     "gymnax_ppo": {"Asterix": 15, "Breakout": 28, "Freeway": 58, "SpaceInvaders": 131},
-    "nature_dqn": {"Breakout": (401.2, 26.9), "Pong": (18.9, 1.3), "BeamRider": (6846, 1619), "Enduro": 301.8,
-                   "Qbert": 10596, "Seaquest": 5286, "SpaceInvaders": 1976},
-    "ppo_paper_a2c": {"Breakout": 303.0, "Pong": 19.7, "BeamRider": 3031.7, "Qbert": 10065.7, "Seaquest": 1714.3,
-                      "SpaceInvaders": 744.5},
+    "nature_dqn": {
+        "Breakout": (401.2, 26.9),
+        "Pong": (18.9, 1.3),
+        "BeamRider": (6846, 1619),
+        "Enduro": 301.8,
+        "Qbert": 10596,
+        "Seaquest": 5286,
+        "SpaceInvaders": 1976,
+    },
+    "ppo_paper_a2c": {
+        "Breakout": 303.0,
+        "Pong": 19.7,
+        "BeamRider": 3031.7,
+        "Qbert": 10065.7,
+        "Seaquest": 1714.3,
+        "SpaceInvaders": 744.5,
+    },
     "cartpole_solved": {"CartPole-v1": 475},
 }
-ISSUE_NORMALIZERS = {"Breakout": (1.7, 31.8), "Pong": (-20.7, 9.3), "BeamRider": (363.9, 5774.7), "Enduro": (0.0, 309.6),
-                     "Qbert": (163.9, 13455), "Seaquest": (68.4, 20181.8), "SpaceInvaders": (148.0, 1652.3)}
+ISSUE_NORMALIZERS = {
+    "Breakout": (1.7, 31.8),
+    "Pong": (-20.7, 9.3),
+    "BeamRider": (363.9, 5774.7),
+    "Enduro": (0.0, 309.6),
+    "Qbert": (163.9, 13455),
+    "Seaquest": (68.4, 20181.8),
+    "SpaceInvaders": (148.0, 1652.3),
+}
 
 
 def test_reference_scores_are_the_published_numbers_with_source_and_protocol():
@@ -168,16 +190,31 @@ def test_reference_curves_have_source_protocol_and_bins():
 
 
 def test_binned_comparison_with_a_reference_curve():
-    ref = {"name": "ref", "source": "s", "protocol": "p", "bins": [[0, 250_000], [250_000, 500_000], [500_000, 1_000_000],
-                                                                 [1_000_000, 2_000_000], [2_000_000, 3_000_000]],
-           "mean_score": [1.0, 2.0, 3.0, 4.0, 5.0], "games": [10, 20, 30, 40, 50]}
+    ref = {
+        "name": "ref",
+        "source": "s",
+        "protocol": "p",
+        "bins": [
+            [0, 250_000],
+            [250_000, 500_000],
+            [500_000, 1_000_000],
+            [1_000_000, 2_000_000],
+            [2_000_000, 3_000_000],
+        ],
+        "mean_score": [1.0, 2.0, 3.0, 4.0, 5.0],
+        "games": [10, 20, 30, 40, 50],
+    }
     # Bins are [lo, hi): a game at 250k belongs to the second bin; an empty bin before the run's last
     # game is kept (no games), bins after it are left out.
     games = [(10, 1.0), (249_999, 3.0), (250_000, 5.0), (2_100_000, 2.0), (2_200_000, 4.0)]
     rows = curve.compare_with_curve(games, ref)["rows"]
     assert [(r["bin"], r["this_run"], r["this_run_games"], r["reference"], r["reference_games"]) for r in rows] == [
-        ([0, 250_000], 2.0, 2, 1.0, 10), ([250_000, 500_000], 5.0, 1, 2.0, 20), ([500_000, 1_000_000], None, 0, 3.0, 30),
-        ([1_000_000, 2_000_000], None, 0, 4.0, 40), ([2_000_000, 3_000_000], 3.0, 2, 5.0, 50)]
+        ([0, 250_000], 2.0, 2, 1.0, 10),
+        ([250_000, 500_000], 5.0, 1, 2.0, 20),
+        ([500_000, 1_000_000], None, 0, 3.0, 30),
+        ([1_000_000, 2_000_000], None, 0, 4.0, 40),
+        ([2_000_000, 3_000_000], 3.0, 2, 5.0, 50),
+    ]
     assert curve.curve_bins({"bin_steps": 100, "mean_score": [1, 2, 3]}) == [[0, 100], [100, 200], [200, 300]]
     # Each script and game finds its own curve; A2C has none for Pong.
     refs = references.load_references()
@@ -213,8 +250,12 @@ def test_curve_command_prints_the_run_beside_its_reference(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "dqn_atari.py on BreakoutNoFrameskip-v4): 5 training games" in out and "DLR-RM/rl-trained-agents" in out
     table = [line.split() for line in out.splitlines()[-4:]]
-    assert table == [["0-100k", "1.50", "2", "1.31", "547"], ["100k-200k", "4.00", "1", "1.82", "493"],
-                     ["200k-300k", "—", "0", "3.61", "372"], ["300k-400k", "7.00", "2", "4.80", "323"]]
+    assert table == [
+        ["0-100k", "1.50", "2", "1.31", "547"],
+        ["100k-200k", "4.00", "1", "1.82", "493"],
+        ["200k-300k", "—", "0", "3.61", "372"],
+        ["300k-400k", "7.00", "2", "4.80", "323"],
+    ]
     # A named curve instead of the run's own; an ALE/ run name finds the game's curve.
     assert curve.main([str(run_dir), "--reference", "sb3_zoo_a2c_breakout"]) == 0
     assert capsys.readouterr().out.splitlines()[-1].split() == ["250k-500k", "7.00", "2", "1.40", "250"]
@@ -228,8 +269,14 @@ def test_curve_command_bad_input(tmp_path):
     run_dir = tmp_path / "elsewhere" / "CartPole-v1__dqn_cartpole__1__1700000000"
     _fake_run(run_dir, [(100, 20.0)])
     assert_bad_input("benchmarks/curve.py", run_dir, cwd=tmp_path, mentions=["no reference curve", "--reference"])
-    assert_bad_input("benchmarks/curve.py", run_dir, "--reference", "nope", cwd=tmp_path,
-                     mentions=["--reference nope", "sb3_zoo_dqn_pong"])
+    assert_bad_input(
+        "benchmarks/curve.py",
+        run_dir,
+        "--reference",
+        "nope",
+        cwd=tmp_path,
+        mentions=["--reference nope", "sb3_zoo_dqn_pong"],
+    )
 
 
 # ---- report from fixture summaries ----
@@ -293,7 +340,9 @@ def test_report_from_fixture_summaries(tmp_path):
     assert "human and random scores from the **Nature DQN (Mnih et al. 2015)** table" in report
     assert "Breakout 30.5 (here 31.8), Pong 14.6 (here 9.3)" in report
     plots = sorted(p.name for p in (tmp_path / "plots").glob("*.png"))
-    assert len(plots) == 8 and all((tmp_path / "plots" / p).stat().st_size > 5000 for p in plots)  # 5 curves, 3 profiles
+    assert len(plots) == 8 and all(
+        (tmp_path / "plots" / p).stat().st_size > 5000 for p in plots
+    )  # 5 curves, 3 profiles
     for p in plots:
         assert f"(plots/{p})" in report
 
@@ -305,9 +354,15 @@ def test_failed_runs_are_reported_and_set_the_exit_code(tmp_path):
     assert proc.returncode == 1, proc.stdout[-3000:] + proc.stderr[-3000:]
     report = (out / "report.md").read_text()
     failed = report.split("## Failed runs")[1]
-    for reason in ("exit code 1: RuntimeError: planted crash", "NaN/inf in summary final_eval.mean",
-                   "NaN in TensorBoard scalars losses/td_loss", "no summary.json written", "timed out after 4 s",
-                   "script not found", "exit code 2: fake_agent.py: error: unrecognized arguments: --no-such-flag"):
+    for reason in (
+        "exit code 1: RuntimeError: planted crash",
+        "NaN/inf in summary final_eval.mean",
+        "NaN in TensorBoard scalars losses/td_loss",
+        "no summary.json written",
+        "timed out after 4 s",
+        "script not found",
+        "exit code 2: fake_agent.py: error: unrecognized arguments: --no-such-flag",
+    ):
         assert reason in failed, reason
     results = json.loads((out / "results.json").read_text())
     assert sum(r["status"] != "ok" for r in results["runs"]) == 7
@@ -317,8 +372,11 @@ def test_failed_runs_are_reported_and_set_the_exit_code(tmp_path):
 
 
 def test_bad_harness_input_exits_2(tmp_path):
-    for args, word in ((["--suite", "nope"], "unknown --suite"), (["--compare", "no_such_baseline"], "no such baseline"),
-                       (["--scripts", "nope.py"], "not in suite")):
+    for args, word in (
+        (["--suite", "nope"], "unknown --suite"),
+        (["--compare", "no_such_baseline"], "no such baseline"),
+        (["--scripts", "nope.py"], "not in suite"),
+    ):
         proc = harness(*args, "--out", tmp_path / "o", cwd=tmp_path)
         assert proc.returncode == 2 and word in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
 
@@ -329,8 +387,17 @@ def test_regression_check_flags_planted_drop_and_passes_unchanged_run(tmp_path):
     base = harness("--suite", suite, "--out", tmp_path / "base", cwd=tmp_path)
     assert base.returncode == 0, base.stdout[-3000:]
     # A 20% drop of every seed's score.
-    drop = harness("--suite", suite, "--out", tmp_path / "drop", "--extra-args", "--score-scale 0.8",
-                   "--compare", tmp_path / "base", cwd=tmp_path)
+    drop = harness(
+        "--suite",
+        suite,
+        "--out",
+        tmp_path / "drop",
+        "--extra-args",
+        "--score-scale 0.8",
+        "--compare",
+        tmp_path / "base",
+        cwd=tmp_path,
+    )
     assert drop.returncode == 1 and "REGRESSION dqn_cartpole.py CartPole-v1: score dropped" in drop.stdout
     (check,) = json.loads((tmp_path / "drop" / "results.json").read_text())["comparison"]["checks"]
     assert check["flags"] == ["score dropped"] and check["diff_ci"][1] < 0
@@ -345,13 +412,22 @@ def test_regression_check_flags_planted_drop_and_passes_unchanged_run(tmp_path):
     assert "| dqn_cartpole.py (baseline) |" in report  # the baseline's performance profile beside this one
     # The same drop planted in the baseline's own runs at report time (what --plant-drop is for).
     shutil.copytree(tmp_path / "base", tmp_path / "planted")
-    planted = harness("--report-only", "--out", tmp_path / "planted", "--compare", tmp_path / "base",
-                      "--plant-drop", "0.2", cwd=tmp_path)
+    planted = harness(
+        "--report-only",
+        "--out",
+        tmp_path / "planted",
+        "--compare",
+        tmp_path / "base",
+        "--plant-drop",
+        "0.2",
+        cwd=tmp_path,
+    )
     assert planted.returncode == 1 and "score dropped" in planted.stdout, planted.stdout[-3000:]
     assert "planted drop" in (tmp_path / "planted" / "report.md").read_text()
     # The same code again: same seeds, same scores, nothing flagged.
-    same = harness("--suite", suite, "--out", tmp_path / "same", "--compare", tmp_path / "base" / "results.json",
-                   cwd=tmp_path)
+    same = harness(
+        "--suite", suite, "--out", tmp_path / "same", "--compare", tmp_path / "base" / "results.json", cwd=tmp_path
+    )
     assert same.returncode == 0 and "1 compared, none flagged" in same.stdout, same.stdout[-3000:]
     (check,) = json.loads((tmp_path / "same" / "results.json").read_text())["comparison"]["checks"]
     assert check["poi"] == 0.5  # the same scores: every pair a tie or mirrored
@@ -359,15 +435,24 @@ def test_regression_check_flags_planted_drop_and_passes_unchanged_run(tmp_path):
 
 def _results(scores, sps, budget=1000):
     scores = list(map(float, scores))
-    row = {"script": "s.py", "env_id": "E-v0", "scores": scores, "budget": budget, "sps": float(np.mean(sps)),
-           "iqm": float(stats.iqm(scores)), "iqm_ci": stats.bootstrap_ci(scores)}
+    row = {
+        "script": "s.py",
+        "env_id": "E-v0",
+        "scores": scores,
+        "budget": budget,
+        "sps": float(np.mean(sps)),
+        "iqm": float(stats.iqm(scores)),
+        "iqm_ci": stats.bootstrap_ci(scores),
+    }
     return {"rows": [row]}
 
 
 def test_regression_check_rules():
     base = _results([410, 455, 390, 440, 425, 400], [1000] * 6)
     assert res.compare_results(base, base)[0]["flags"] == []
-    assert res.compare_results(_results([410, 455, 390, 440, 425, 400], [800] * 6), base)[0]["flags"] == ["steps/s -20%"]
+    assert res.compare_results(_results([410, 455, 390, 440, 425, 400], [800] * 6), base)[0]["flags"] == [
+        "steps/s -20%"
+    ]
     assert res.compare_results(_results([410, 455, 390, 440, 425, 400], [900] * 6), base)[0]["flags"] == []
     # Negative scores (Pong): a drop is a decrease, whatever the sign.
     pong = _results([-5, -3, -4, -6, -2], [100] * 5)
@@ -403,8 +488,20 @@ def test_suites_match_the_issue(tmp_path):
     proc = harness("--suite", "full", "--dry-run", cwd=tmp_path)
     assert proc.returncode == 0 and "--env-id PongNoFrameskip-v4 --seed 3 --total-timesteps 10000000" in proc.stdout
     # --env-ids goes to the selected scripts of the same family only; --seeds replaces the seeds.
-    proc = harness("--suite", "full", "--scripts", "dqn_atari.py", "ppo_minatar_jax.py", "--env-ids", "ALE/Pong-v5",
-                   "Freeway-MinAtar", "--seeds", "7", "--dry-run", cwd=tmp_path)
+    proc = harness(
+        "--suite",
+        "full",
+        "--scripts",
+        "dqn_atari.py",
+        "ppo_minatar_jax.py",
+        "--env-ids",
+        "ALE/Pong-v5",
+        "Freeway-MinAtar",
+        "--seeds",
+        "7",
+        "--dry-run",
+        cwd=tmp_path,
+    )
     commands = [line for line in proc.stdout.splitlines() if "--env-id" in line]
     assert proc.returncode == 0 and len(commands) == 2, proc.stdout
     assert any("dqn_atari.py --env-id ALE/Pong-v5 --seed 7" in c for c in commands)
@@ -417,8 +514,9 @@ def test_smoke_suite_runs_every_script(tmp_path):
     if not present:
         pytest.skip("none of the scripts is in the repository yet")
     out = tmp_path / "smoke"
-    proc = harness("--suite", "smoke", "--scripts", *present, "--out", out, "--progress-every", "30",
-                   cwd=tmp_path, timeout=420)
+    proc = harness(
+        "--suite", "smoke", "--scripts", *present, "--out", out, "--progress-every", "30", cwd=tmp_path, timeout=420
+    )
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
     results = json.loads((out / "results.json").read_text())
     assert all(r["status"] == "ok" for r in results["runs"])
@@ -431,3 +529,16 @@ def test_smoke_suite_runs_every_script(tmp_path):
     missing = sorted(ALL_SCRIPTS - set(present))
     if missing:
         pytest.skip(f"smoke suite ran without {', '.join(missing)} (not in the repository yet)")
+
+
+def test_report_seeds_never_tune():
+    """Headline scores come from seeds no default was chosen on (issue 13): the two sets are disjoint, the
+    `unseen` suite uses report seeds only, and every other suite uses none of them."""
+    with open(ROOT / "benchmarks/suites.toml", "rb") as f:
+        data = tomllib.load(f)
+    tuning, report = set(data["tuning_seeds"]), set(data["report_seeds"])
+    assert len(report) >= 10 and not tuning & report
+    for name, suite in run.load_suites().items():
+        for entry in suite["runs"]:
+            used = set(entry["seeds"])
+            assert used <= report if name == "unseen" else not used & report, (name, entry["script"])

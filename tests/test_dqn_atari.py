@@ -1,5 +1,6 @@
 """Tests of dqn_atari.py: the replay buffer against real AtariVectorEnv stacks, the life-loss and autoreset
-bookkeeping, reward clipping, the evaluation protocol, a smoke run on Breakout, bad input."""
+bookkeeping, reward clipping, the evaluation protocol, a smoke run on Breakout, bad input, checkpoints and
+--resume, non-finite stops, the memory check, the environment as run (sticky actions)."""
 
 import json
 
@@ -7,8 +8,18 @@ import numpy as np
 import pytest
 import torch
 import torch.nn as nn
-from conftest import (assert_bad_input, assert_layer_grad_norms, assert_rejects_checkpoint, bad_torch_checkpoints,
-                      check_run_contract, read_scalars, run_script)
+from conftest import (
+    assert_available_memory,
+    assert_bad_input,
+    assert_kill_resume_equal,
+    assert_layer_grad_norms,
+    assert_nonfinite_stops,
+    assert_rejects_checkpoint,
+    bad_torch_checkpoints,
+    check_run_contract,
+    read_scalars,
+    run_script,
+)
 from scipy.stats import chisquare
 
 import dqn_atari as d
@@ -45,12 +56,21 @@ def is_reset_stack(obs):
 
 
 # ---- environment ids -------------------------------------------------------------------------------
-@pytest.mark.parametrize("env_id, game", [
-    ("BreakoutNoFrameskip-v4", "breakout"), ("PongNoFrameskip-v4", "pong"), ("ALE/Breakout-v5", "breakout"),
-    ("SpaceInvadersNoFrameskip-v4", "space_invaders"), ("ALE/MontezumaRevenge-v5", "montezuma_revenge"),
-    ("Breakout-v4", "breakout"), ("CartPole-v1", None), ("Breakout", None), ("ALE/NoSuchGame-v5", None),
-    ("BreakoutNoFrameskip-v4-ram", None),
-])
+@pytest.mark.parametrize(
+    "env_id, game",
+    [
+        ("BreakoutNoFrameskip-v4", "breakout"),
+        ("PongNoFrameskip-v4", "pong"),
+        ("ALE/Breakout-v5", "breakout"),
+        ("SpaceInvadersNoFrameskip-v4", "space_invaders"),
+        ("ALE/MontezumaRevenge-v5", "montezuma_revenge"),
+        ("Breakout-v4", "breakout"),
+        ("CartPole-v1", None),
+        ("Breakout", None),
+        ("ALE/NoSuchGame-v5", None),
+        ("BreakoutNoFrameskip-v4-ram", None),
+    ],
+)
 def test_env_id_maps_to_rom(env_id, game):
     assert d.game_name(env_id) == game
 
@@ -58,7 +78,8 @@ def test_env_id_maps_to_rom(env_id, game):
 # ---- replay buffer ---------------------------------------------------------------------------------
 def test_buffer_bytes_per_transition():
     rb = d.ReplayBuffer(50_000, 1, CPU)
-    per_transition = rb.nbytes / rb.capacity
+    tensors = (rb.frames, rb.actions, rb.rewards, rb.terminated, rb.history, rb.real)
+    per_transition = sum(t.numel() * t.element_size() for t in tensors) / rb.capacity
     assert rb.capacity == 50_000
     assert per_transition == 84 * 84 + 8  # one frame, action, raw reward, terminal, history, real
     assert d.ReplayBuffer.nbytes_for(1_000_000, 1) == per_transition * 1_000_000 <= 7.1e9
@@ -69,7 +90,7 @@ def collect(game, num_envs, steps, capacity, seed, max_frames):
     """Random play through transition_flags + ReplayBuffer.add exactly as train() does. Returns the buffer and
     the ground truth: every real transition (by an independent reset detector: the ALE episode frame
     number drops only at a reset) keyed by the bytes of its obs stack."""
-    envs, obs, info = d.make_envs(game, num_envs, seed, max_frames)
+    envs, obs, info = d.make_envs(game, num_envs, seed, max_frames=max_frames)
     rb = d.ReplayBuffer(capacity, num_envs, CPU)
     rng = np.random.default_rng(seed)
     lives, efn = info["lives"], info["episode_frame_number"]
@@ -89,8 +110,16 @@ def collect(game, num_envs, steps, capacity, seed, max_frames):
             counts["game_over"] += term[i]
             counts["cut"] += cut
             counts["first"] += is_reset_stack(obs[i])
-        rb.add(np.flatnonzero(live), obs[live], actions[live], rewards[live], next_obs[live],
-               td_terminal[live], trunc[live], episode_end[live])
+        rb.add(
+            np.flatnonzero(live),
+            obs[live],
+            actions[live],
+            rewards[live],
+            next_obs[live],
+            terminated=td_terminal[live],
+            truncated=trunc[live],
+            episode_end=episode_end[live],
+        )
         lives, efn, autoreset, obs = info["lives"], info["episode_frame_number"], episode_end, next_obs
     envs.close()
     return rb, truth, counts
@@ -122,9 +151,13 @@ def test_rebuilt_stacks_equal_env_stacks(filled_buffer):
         key = obs[k].numpy().tobytes()
         assert key in truth, "a rebuilt stack matches no env observation (crossed an episode start or wraparound)"
         # s' is only used (and only guaranteed) when the TD target bootstraps.
-        assert any(actions[k] == a and rewards[k] == r and bool(terminated[k]) == t
-                   and (t or np.array_equal(next_obs[k].numpy(), n)) for a, r, t, n, _ in truth[key]), \
-            "stored transition differs from the env's (action, reward, terminal or next stack)"
+        assert any(
+            actions[k] == a
+            and rewards[k] == r
+            and bool(terminated[k]) == t
+            and (t or np.array_equal(next_obs[k].numpy(), n))
+            for a, r, t, n, _ in truth[key]
+        ), "stored transition differs from the env's (action, reward, terminal or next stack)"
         seen_first += is_reset_stack(obs[k].numpy())
     assert seen_first > 0, "no stack right after a reset was checked"
 
@@ -144,8 +177,9 @@ def test_truncated_transitions_bootstrap_from_their_real_next_obs(filled_buffer)
         assert terminated[k] == 0, "a truncated game must bootstrap"
         key = obs[k].numpy().tobytes()
         # s' rebuilt through the marker equals the env's last obs of the cut game.
-        assert any(c and np.array_equal(next_obs[k].numpy(), n) for *_, n, c in truth.get(key, [])), \
+        assert any(c and np.array_equal(next_obs[k].numpy(), n) for *_, n, c in truth.get(key, [])), (
             "the slot before a marker is not the cut transition, or its next obs is not the game's last"
+        )
 
 
 def test_sample_is_seeded_and_spread_over_the_buffer(filled_buffer):
@@ -165,11 +199,19 @@ def test_sample_is_uniform_over_the_slots_with_a_successor():
         for env in (0, 1) if t < 20 else (0,):
             ids[env].append(len(ids[0]) + len(ids[1]) + 1)
             end = np.array([t % 7 == 6])  # games end now and then: stacks of all history lengths
-            rb.add(np.array([env]), frames, np.array([0]), np.array([float(ids[env][-1])]), frames, end,
-                   np.array([False]), end)
+            rb.add(
+                np.array([env]),
+                frames,
+                np.array([0]),
+                np.array([float(ids[env][-1])]),
+                frames,
+                terminated=end,
+                truncated=np.array([False]),
+                episode_end=end,
+            )
     drawable = ids[0][-30:-1] + ids[1][:-1]  # all stored but each env's newest (no successor yet)
     generator = torch.Generator().manual_seed(0)
-    drawn = torch.cat([rb.sample(2048, generator)[2] for _ in range(4)]).long()
+    drawn = torch.cat([rb.sample(2048, generator).rewards for _ in range(4)]).long()
     counts = torch.bincount(drawn, minlength=len(ids[0]) + len(ids[1]) + 1)
     assert counts.sum() == counts[drawable].sum(), "drew a slot without successor, overwritten or unfilled"
     # Chi-square goodness of fit to uniform over the 48 drawable slots (~170 draws each expected):
@@ -180,8 +222,23 @@ def test_sample_is_uniform_over_the_slots_with_a_successor():
 # Calls that copy a tensor's data to the host (a device sync when it lives on a GPU): reading a value into
 # Python, or an op whose output size depends on the data.
 HOST_READS = {
-    torch.Tensor: ("item", "tolist", "numpy", "cpu", "nonzero", "argwhere", "masked_select", "unique", "equal",
-                   "allclose", "__bool__", "__float__", "__int__", "__index__", "__array__"),
+    torch.Tensor: (
+        "item",
+        "tolist",
+        "numpy",
+        "cpu",
+        "nonzero",
+        "argwhere",
+        "masked_select",
+        "unique",
+        "equal",
+        "allclose",
+        "__bool__",
+        "__float__",
+        "__int__",
+        "__index__",
+        "__array__",
+    ),
     torch: ("nonzero", "argwhere", "masked_select", "unique", "equal", "allclose", "is_nonzero"),
 }
 
@@ -190,10 +247,12 @@ def forbid_host_reads(monkeypatch):
     """Makes every host read (HOST_READS, a boolean-mask index, a copy to the CPU) raise. On a CPU-only
     machine every tensor is already on the host, so the calls themselves are caught: the hot path moves
     nothing between devices, and a move to any CPU device is one to the host on a GPU machine."""
+
     def forbid(name, check=lambda *args, **kwargs: True, original=None):
         def call(*args, **kwargs):
             assert not check(*args, **kwargs), f"host read in the hot path: {name}"
             return original(*args, **kwargs)
+
         return call
 
     for owner, names in HOST_READS.items():
@@ -211,8 +270,9 @@ def forbid_host_reads(monkeypatch):
 
     for name, check in (("__getitem__", mask), ("__setitem__", mask), ("to", to_cpu), ("copy_", to_cpu)):
         monkeypatch.setattr(torch.Tensor, name, forbid(f"Tensor.{name}", check, getattr(torch.Tensor, name)))
-    monkeypatch.setattr(torch, "where", forbid("torch.where(condition)", lambda *args, **kwargs: len(args) == 1,
-                                               torch.where))
+    monkeypatch.setattr(
+        torch, "where", forbid("torch.where(condition)", lambda *args, **kwargs: len(args) == 1, torch.where)
+    )
 
 
 def test_sample_and_update_never_read_the_device(filled_buffer, monkeypatch):
@@ -238,8 +298,16 @@ def test_sample_and_update_do_not_sync_on_cuda():
     frames = np.random.default_rng(0).integers(0, 255, (20, d.STACK, *d.FRAME_SHAPE), dtype=np.uint8)
     for t in range(19):
         end = np.array([t == 9])
-        rb.add(np.array([0]), frames[t:t + 1], np.array([t % 4]), np.array([1.0]), frames[t + 1:t + 2], end,
-               np.array([False]), end)
+        rb.add(
+            np.array([0]),
+            frames[t : t + 1],
+            np.array([t % 4]),
+            np.array([1.0]),
+            frames[t + 1 : t + 2],
+            terminated=end,
+            truncated=np.array([False]),
+            episode_end=end,
+        )
     q_network, target_network = d.QNetwork(4).to(cuda), d.QNetwork(4).to(cuda)
     optimizer = torch.optim.Adam(q_network.parameters(), lr=1e-4, fused=True)
     generator = torch.Generator(device=cuda).manual_seed(0)
@@ -261,8 +329,7 @@ def test_no_transition_across_autoreset():
     live, td, end = d.transition_flags(term, trunc, lives, prev, autoreset=np.zeros(3, bool))
     assert live.all() and end.tolist() == [True, True, False]
     assert td.tolist() == [True, False, False], "a game cut by the frame cap must still bootstrap"
-    live, td, end = d.transition_flags(np.zeros(3, bool), np.zeros(3, bool), np.array([5, 5, 3]), lives,
-                                       autoreset=end)
+    live, td, end = d.transition_flags(np.zeros(3, bool), np.zeros(3, bool), np.array([5, 5, 3]), lives, autoreset=end)
     assert live.tolist() == [False, False, True] and not td.any() and not end.any()
 
 
@@ -291,12 +358,29 @@ def test_life_loss_ends_td_chain_but_not_the_episode():
 def test_rewards_clipped_only_in_the_loss():
     rb = d.ReplayBuffer(64, 1, CPU)
     frames = np.random.default_rng(0).integers(0, 255, (3, 4, 84, 84), dtype=np.uint8)
-    rb.add(np.array([0]), frames[:1], np.array([2]), np.array([4.0]), frames[1:2], np.array([True]),
-           np.array([False]), np.array([False]))
-    rb.add(np.array([0]), frames[1:2], np.array([0]), np.array([0.0]), frames[2:3], np.array([False]),
-           np.array([False]), np.array([False]))
+    no = np.array([False])
+    rb.add(
+        np.array([0]),
+        frames[:1],
+        np.array([2]),
+        np.array([4.0]),
+        frames[1:2],
+        terminated=np.array([True]),
+        truncated=no,
+        episode_end=no,
+    )
+    rb.add(
+        np.array([0]),
+        frames[1:2],
+        np.array([0]),
+        np.array([0.0]),
+        frames[2:3],
+        terminated=no,
+        truncated=no,
+        episode_end=no,
+    )
     batch = rb.sample(8, torch.Generator().manual_seed(0))
-    assert (batch[2] == 4.0).all(), "the buffer must keep raw rewards"
+    assert (batch.rewards == 4.0).all(), "the buffer must keep raw rewards"
     net = d.QNetwork(3)
     nn.init.zeros_(net.net[-1].weight), nn.init.zeros_(net.net[-1].bias)  # Q = 0 everywhere
     loss, _ = d.dqn_update(net, d.QNetwork(3), torch.optim.SGD(net.parameters(), lr=0.0), batch, 0.99, False)
@@ -309,7 +393,7 @@ def test_update_bootstraps_from_next_obs_unless_terminated(double_q):
     nn.init.zeros_(q.weight), nn.init.zeros_(q.bias)  # Q = 0 everywhere: the loss is Huber(0 - target)
     nn.init.ones_(target.weight), nn.init.zeros_(target.bias)  # Q_target(s, .) = s
     obs, next_obs = torch.zeros(2, 1), torch.ones(2, 1)
-    batch = (obs, torch.tensor([0, 0]), torch.zeros(2), next_obs, torch.tensor([0.0, 1.0]), torch.ones(2))
+    batch = d.Batch(obs, torch.tensor([0, 0]), torch.zeros(2), next_obs, torch.tensor([0.0, 1.0]), torch.ones(2))
     loss, _ = d.dqn_update(q, target, torch.optim.SGD(q.parameters(), lr=0.0), batch, 1.0, double_q)
     # Row 0 bootstraps from Q_target(s') = 1 (Huber 0.5), row 1 is terminal (target 0): mean 0.25.
     assert loss.item() == pytest.approx(0.25)
@@ -318,7 +402,9 @@ def test_update_bootstraps_from_next_obs_unless_terminated(double_q):
 def test_invalid_slots_carry_no_weight():
     q = torch.nn.Linear(1, 2)
     obs = torch.zeros(2, 1)
-    batch = (obs, torch.tensor([0, 0]), torch.tensor([1.0, 1000.0]), obs, torch.ones(2), torch.tensor([1.0, 0.0]))
+    batch = d.Batch(
+        obs, torch.tensor([0, 0]), torch.tensor([1.0, 1000.0]), obs, torch.ones(2), valid=torch.tensor([1.0, 0.0])
+    )
     nn.init.zeros_(q.weight), nn.init.zeros_(q.bias)
     loss, _ = d.dqn_update(q, q, torch.optim.SGD(q.parameters(), lr=0.0), batch, 0.99, False)
     assert loss.item() == pytest.approx(0.5)
@@ -340,15 +426,17 @@ def test_evaluation_protocol_defaults():
 
 def test_evaluation_caps_games_at_18000_frames():
     # Breakout never relaunches the ball without FIRE: an always-NOOP policy plays until the frame cap.
-    returns, lengths = d.evaluate(ConstantQ(4, 0), "breakout", 1, seed=0, device=CPU, epsilon=0.0)
-    assert lengths == [18_000 // 4]
+    episodes = d.evaluate(ConstantQ(4, 0), "breakout", 1, seed=0, device=CPU, epsilon=0.0)
+    assert episodes.lengths == [18_000 // 4] and episodes.truncated == [True], "the cut must be reported"
+    assert d.eval_stats(*episodes)["truncated"] == 1.0 and d.eval_stats(*episodes)["mean_length"] == 4_500
 
 
 def test_evaluation_scores_whole_games_raw():
     # Space Invaders pays 5-30 points per alien: raw scores exceed the number of rewards.
     policy = PixelSumQ(6)
-    returns, lengths = d.evaluate(policy, "space_invaders", 2, seed=3, device=CPU, epsilon=0.0)
-    envs, obs, info = d.make_envs("space_invaders", 2, 3, 18_000)
+    returns, lengths, truncated = d.evaluate(policy, "space_invaders", 2, seed=3, device=CPU, epsilon=0.0)
+    assert truncated == [False, False], "games that ended by game over were reported as cut"
+    envs, obs, info = d.make_envs("space_invaders", 2, 3, max_frames=18_000)
     raw, clipped, lives_lost, running = np.zeros(2), np.zeros(2), np.zeros(2), np.ones(2, bool)
     lives = info["lives"]
     while running.any():
@@ -371,10 +459,33 @@ def test_noop_starts_randomize_the_first_frame():
 
 
 # ---- end to end ------------------------------------------------------------------------------------
-SMOKE = ["--env-id", "BreakoutNoFrameskip-v4", "--seed", "5", "--total-timesteps", "600", "--num-envs", "2",
-         "--learning-starts", "480", "--buffer-size", "1000", "--target-network-frequency", "70",
-         "--exploration-fraction", "1.0", "--end-e", "0.5",  # keep pressing FIRE often enough to finish games
-         "--eval-episodes", "1", "--final-eval-episodes", "2", "--eval-max-frames", "800", "--save-model"]
+SMOKE = [
+    "--env-id",
+    "BreakoutNoFrameskip-v4",
+    "--seed",
+    "5",
+    "--total-timesteps",
+    "600",
+    "--num-envs",
+    "2",
+    "--learning-starts",
+    "480",
+    "--buffer-size",
+    "1000",
+    "--target-network-frequency",
+    "70",
+    "--exploration-fraction",
+    "1.0",
+    "--end-e",
+    "0.5",  # keep pressing FIRE often enough to finish games
+    "--eval-episodes",
+    "1",
+    "--final-eval-episodes",
+    "2",
+    "--eval-max-frames",
+    "800",
+    "--save-model",
+]
 
 
 @pytest.fixture(scope="module")
@@ -423,33 +534,67 @@ def test_same_seed_same_result(smoke_runs):
 def test_eval_checkpoint_without_training(smoke_runs, workdir):
     ckpt = smoke_runs[0] / "dqn_atari.pt"
     # A buffer far too large for memory: evaluation builds none, so it must not be refused for it.
-    proc = run_script(SCRIPT, "--eval-checkpoint", ckpt, "--final-eval-episodes", "2", "--eval-max-frames", "800",
-                      "--run-name", "ev", "--capture-video", "--buffer-size", "1000000000", cwd=workdir)
+    proc = run_script(
+        SCRIPT,
+        "--eval-checkpoint",
+        ckpt,
+        "--final-eval-episodes",
+        "2",
+        "--eval-max-frames",
+        "800",
+        "--run-name",
+        "ev",
+        "--capture-video",
+        "--buffer-size",
+        "1000000000",
+        cwd=workdir,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     summary = json.loads((workdir / "runs" / "ev" / "summary.json").read_text())
     assert summary["final_eval"]["episodes"] == 2 and summary["total_timesteps"] == 600
-    assert not list((workdir / "runs" / "ev").glob("events.*")), "evaluation must not train"
+    tags = read_scalars(workdir / "runs" / "ev").keys()
+    assert tags <= {"eval/episodic_return", "eval/episodic_length", "eval/final_episodic_return"}, (
+        f"evaluation must not train: {tags}"
+    )
     assert list((workdir / "runs" / "ev" / "videos").glob("*.mp4"))
 
 
 def test_training_logs_raw_game_scores(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     # Random play (epsilon 1) ends a game in about 400-700 steps (this seed's first at step 381).
-    d.train(d.Args(env_id="SpaceInvadersNoFrameskip-v4", total_timesteps=500, num_envs=1, learning_starts=500,
-                   start_e=1.0, end_e=1.0, buffer_size=1000, eval_episodes=1, final_eval_episodes=1,
-                   eval_max_frames=400, cuda=False, run_name="si"))
+    d.main(
+        d.Args(
+            env_id="SpaceInvadersNoFrameskip-v4",
+            total_timesteps=500,
+            num_envs=1,
+            learning_starts=500,
+            start_e=1.0,
+            end_e=1.0,
+            buffer_size=1000,
+            eval_episodes=1,
+            final_eval_episodes=1,
+            eval_max_frames=400,
+            cuda=False,
+            run_name="si",
+        )
+    )
     returns = [v for _, v in read_scalars(tmp_path / "runs/si")["charts/episodic_return"]]
     # Space Invaders pays 5-30 points per alien: clipped to 1 per reward, a score is a count of kills.
     assert returns and all(r % 5 == 0 and r > 30 for r in returns), returns
 
 
 # ---- bad input -------------------------------------------------------------------------------------
-@pytest.mark.parametrize("args, mentions", [
-    (["--env-id", "NoSuchGame-v9"], ["--env-id", "BreakoutNoFrameskip-v4"]),
-    (["--buffer-size", "10000000"], ["--buffer-size", "GiB"]),
-    (["--batch-size", "64", "--buffer-size", "32"], ["--batch-size", "--buffer-size"]),
-    (["--num-envs", "0"], "--num-envs"),
-])
+@pytest.mark.parametrize(
+    "args, mentions",
+    [
+        (["--env-id", "NoSuchGame-v9"], ["--env-id", "BreakoutNoFrameskip-v4"]),
+        (["--buffer-size", "10000000"], ["--buffer-size", "GiB"]),
+        (["--batch-size", "64", "--buffer-size", "32"], ["--batch-size", "--buffer-size"]),
+        (["--num-envs", "0"], "--num-envs"),
+        (["--sticky-action-prob", "1.0"], "--sticky-action-prob"),
+        (["--checkpoint-frequency", "-1"], "--checkpoint-frequency"),
+    ],
+)
 def test_bad_input(args, mentions, workdir):
     assert_bad_input(SCRIPT, *args, cwd=workdir, mentions=mentions)
 
@@ -464,7 +609,149 @@ BAD_CHECKPOINTS = {
 def test_eval_checkpoint_rejects_other_files(smoke_runs, tmp_path, monkeypatch, capsys, name):
     content = BAD_CHECKPOINTS[name](smoke_runs[0] / "dqn_atari.pt")
     env_id = "PongNoFrameskip-v4" if name == "other_game" else "BreakoutNoFrameskip-v4"
-    line = assert_rejects_checkpoint(lambda path: d.train(d.Args(
-        env_id=env_id, eval_checkpoint=path, cuda=False, final_eval_episodes=1, eval_max_frames=400)),
-        content, tmp_path, monkeypatch, capsys)
+    line = assert_rejects_checkpoint(
+        lambda path: d.main(
+            d.Args(env_id=env_id, eval_checkpoint=path, cuda=False, final_eval_episodes=1, eval_max_frames=400)
+        ),
+        content,
+        tmp_path,
+        monkeypatch,
+        capsys,
+    )
     assert ("--env-id" if name == "other_game" else "--save-model") in line, line
+
+
+# ---- Endurance: checkpoints, resume, non-finite stops, memory ----------------------------------------
+def tiny_args(**overrides):
+    """Random-ish Breakout on 2 envs: 300 steps of experience per env, 25 updates by step 300."""
+    return d.Args(
+        **{
+            **dict(
+                total_timesteps=600,
+                num_envs=2,
+                learning_starts=200,
+                buffer_size=1000,
+                target_network_frequency=100,
+                exploration_fraction=1.0,
+                end_e=0.5,
+                eval_frequency=300,
+                eval_episodes=1,
+                final_eval_episodes=1,
+                eval_max_frames=400,
+                cuda=False,
+                run_name="tiny",
+            ),
+            **overrides,
+        }
+    )
+
+
+CLI_TINY = [
+    "--total-timesteps",
+    "900",
+    "--num-envs",
+    "2",
+    "--learning-starts",
+    "200",
+    "--buffer-size",
+    "1000",
+    "--target-network-frequency",
+    "100",
+    "--exploration-fraction",
+    "1.0",
+    "--end-e",
+    "0.5",
+    "--eval-frequency",
+    "300",
+    "--eval-episodes",
+    "1",
+    "--final-eval-episodes",
+    "1",
+    "--eval-max-frames",
+    "400",
+    "--no-cuda",
+]
+
+
+def test_killed_run_resumes_to_the_same_result(workdir):
+    # Checkpoints every 300 steps (~3 s here): the kill lands anywhere between (or during) them.
+    a, _ = assert_kill_resume_equal(SCRIPT, *CLI_TINY, "--checkpoint-frequency", "300", cwd=workdir)
+    assert a["final_eval"]["episodes"] == 1 and len(a["eval_history"]) == 3
+
+
+def test_checkpoint_holds_the_whole_run_state_and_cuts_games(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    d.main(tiny_args(checkpoint_frequency=300, total_timesteps=400))
+    checkpoint = torch.load(tmp_path / "runs/tiny/checkpoint", weights_only=True)
+    assert checkpoint["global_step"] == 300 and checkpoint["updates"] == 25 and checkpoint["evals"] == 1
+    assert checkpoint["syncs"] == 3 and checkpoint["args"]["sticky_action_prob"] == 0.0
+    assert {"python", "numpy", "torch", "cuda", "generators"} <= checkpoint["rng"].keys()
+    assert len(checkpoint["rng"]["generators"]) == 2 and len(checkpoint["log"]["eval_history"]) == 1
+    assert not (tmp_path / "runs/tiny/checkpoint.tmp").exists()
+    rb = d.ReplayBuffer(1000, 2, CPU)
+    rb.load_state_dict(checkpoint["buffer"])
+    assert isinstance(rb.pos, np.ndarray) and rb.pos_t.tolist() == rb.pos.tolist() == rb.size.tolist()
+    assert 140 < rb.size.min() and rb.size.max() <= 152 and torch.equal(rb.frames, checkpoint["buffer"]["frames"])
+    # The checkpoint cut every game: like a frame-cap cut, the last transition of each env keeps its s' in a
+    # marker slot (so it bootstraps), and the next frame starts a new episode (no stack across the restart).
+    newest = (rb.pos - 1) % rb.slots
+    assert not rb.real[torch.arange(2), torch.as_tensor(newest)].any() and (rb.next_history == 0).all()
+    # ... and the cut games are not reported as episodes.
+    assert 300 not in [step for step, _ in read_scalars(tmp_path / "runs/tiny").get("charts/episodic_length", [])]
+
+
+def test_non_finite_loss_stops_the_run_and_keeps_the_checkpoint(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    calls, original = [0], d.dqn_loss
+
+    def poisoned(*args, **kwargs):  # from the 40th update on (step 360), after the checkpoint at 300
+        calls[0] += 1
+        loss, q = original(*args, **kwargs)
+        return (loss * float("nan") if calls[0] >= 40 else loss), q
+
+    monkeypatch.setattr(d, "dqn_loss", poisoned)
+    checkpoint = assert_nonfinite_stops(
+        lambda: d.main(tiny_args(checkpoint_frequency=300, checkpoint_buffer=False)), "runs/tiny", capsys
+    )
+    saved = torch.load(checkpoint, weights_only=True)
+    assert saved["global_step"] == 300 and all(torch.isfinite(v).all() for v in saved["q_network"].values())
+    assert saved["buffer"] is None  # --no-checkpoint-buffer
+
+
+def test_resume_refuses_what_it_cannot_continue(workdir, smoke_runs):
+    (workdir / "runs/early").mkdir(parents=True)  # killed before its first checkpoint
+    assert_bad_input(SCRIPT, "--resume", "runs/early", cwd=workdir, mentions=["--resume", "checkpoint"], keep=True)
+    assert_bad_input(SCRIPT, "--resume", smoke_runs[0], cwd=workdir, mentions=["--resume", "finished"], keep=True)
+    (workdir / "runs/torn").mkdir()
+    (workdir / "runs/torn/checkpoint").write_bytes((smoke_runs[0] / "dqn_atari.pt").read_bytes()[:5000])
+    assert_bad_input(SCRIPT, "--resume", "runs/torn", cwd=workdir, mentions=["--resume", "not a torch"], keep=True)
+
+
+def test_memory_check_reads_mem_available_and_the_cgroup_limit(tmp_path):
+    assert_available_memory(d.available_memory, tmp_path)
+
+
+# ---- The environment as run ------------------------------------------------------------------------
+def test_sticky_actions_follow_the_env_id_everywhere(tmp_path, monkeypatch, smoke_runs):
+    made = []
+
+    def spy(*args, **kwargs):  # every env that plays (the probes of the action set pass no settings)
+        if "repeat_action_probability" in kwargs:
+            made.append(kwargs["repeat_action_probability"])
+        return real(*args, **kwargs)
+
+    real = d.AtariVectorEnv
+    monkeypatch.setattr(d, "AtariVectorEnv", spy)
+    monkeypatch.chdir(tmp_path)
+    summary = d.main(tiny_args(env_id="ALE/Breakout-v5", total_timesteps=300, capture_video=True))
+    # Training, the periodic and final evaluations, and both envs of the video.
+    assert made == [0.25] * 5, made
+    assert summary["env"]["sticky_action_prob"] == summary["args"]["sticky_action_prob"] == 0.25
+    assert summary["env"]["action_set"] == "minimal (4 actions)" and summary["env"]["noop_max"] == 30
+    assert summary["env"]["eval_max_episode_frames"] == 400 and summary["env"]["max_episode_frames"] == 108_000
+    assert {"mean_length", "truncated"} <= summary["final_eval"].keys() and summary["status"] == "finished"
+    smoke = json.loads((smoke_runs[0] / "summary.json").read_text())
+    assert smoke["env"]["sticky_action_prob"] == 0.0, "BreakoutNoFrameskip-v4 has no sticky actions"
+    made.clear()
+    d.evaluate(ConstantQ(4, 0), "breakout", 1, 0, CPU, max_frames=40, sticky_action_prob=0.1)
+    assert made == [0.1]

@@ -44,8 +44,9 @@ def test_jax_saliency_of_a_linear_layer_is_its_weight_column():
     logits = lambda o: o.reshape(len(o), -1) @ w  # noqa: E731
     actions = np.array([0, 2])
     raw = np.abs(np.asarray(w)[:, actions].T).reshape(2, 2, 2, 3).max(-1)
-    np.testing.assert_allclose(ia.jax_saliency(logits, np.ones((2, 2, 2, 3)), actions),
-                               raw / raw.max((1, 2), keepdims=True), rtol=1e-6)
+    np.testing.assert_allclose(
+        ia.jax_saliency(logits, np.ones((2, 2, 2, 3)), actions), raw / raw.max((1, 2), keepdims=True), rtol=1e-6
+    )
 
 
 def test_compose_screen_puts_saliency_on_its_own_cell():
@@ -169,9 +170,11 @@ class CountingEnv:
 
 
 def counting_agent():
-    return SimpleNamespace(outputs=lambda obs: (np.full((1, 3), 1 / 3), obs.reshape(1, -1)[:, 0]),
-                           choose=lambda obs: np.array([int(obs.flat[0]) % 3]),
-                           saliency=lambda obs, actions: np.ones((len(obs), 2, 2)))
+    return SimpleNamespace(
+        outputs=lambda obs: (np.full((1, 3), 1 / 3), obs.reshape(1, -1)[:, 0]),
+        choose=lambda obs: np.array([int(obs.flat[0]) % 3]),
+        saliency=lambda obs, actions: np.ones((len(obs), 2, 2)),
+    )
 
 
 @pytest.mark.parametrize("max_steps, steps, end", [(None, 5, "terminated"), (3, 3, "max_steps")])
@@ -188,8 +191,13 @@ def test_play_episode_records_each_step_before_it_is_taken(max_steps, steps, end
 def test_panel_video_has_one_frame_per_step(tmp_path):
     T = 7
     ep = ia.play_episode(counting_agent(), CountingEnv(end=T), None)
-    agent = SimpleNamespace(kind="probabilities", action_names=["NOOP", "LEFT", "RIGHT"], family="minatar",
-                            script="ppo_minatar_jax.py", args=SimpleNamespace(env_id="Breakout-MinAtar"))
+    agent = SimpleNamespace(
+        kind="probabilities",
+        action_names=["NOOP", "LEFT", "RIGHT"],
+        family="minatar",
+        script="ppo_minatar_jax.py",
+        args=SimpleNamespace(env_id="Breakout-MinAtar"),
+    )
     ia.render_panel(ep, agent, tmp_path)
     frames = imageio_ffmpeg.read_frames(str(tmp_path / "panel.mp4"))
     size = next(frames)["size"]
@@ -198,21 +206,64 @@ def test_panel_video_has_one_frame_per_step(tmp_path):
 
 
 # ---- end to end ------------------------------------------------------------------------------------
-PPO_TINY = ["--num-envs", 8, "--num-steps", 8, "--num-minibatches", 1, "--update-epochs", 1, "--total-timesteps", 64,
-            "--log-frequency", 64, "--eval-frequency", 64, "--eval-episodes", 2, "--final-eval-episodes", 2]
+PPO_TINY = [
+    "--num-envs",
+    8,
+    "--num-steps",
+    8,
+    "--num-minibatches",
+    1,
+    "--update-epochs",
+    1,
+    "--total-timesteps",
+    64,
+    "--log-frequency",
+    64,
+    "--eval-frequency",
+    64,
+    "--eval-episodes",
+    2,
+    "--final-eval-episodes",
+    2,
+]
 ATARI_TINY = ["--eval-episodes", 1, "--final-eval-episodes", 1, "--eval-max-frames", 200]
 TINY_RUNS = {  # the smallest budgets that write a checkpoint
-    "dqn_cartpole.py": ["--total-timesteps", 300, "--learning-starts", 100, "--buffer-size", 300,
-                        "--eval-frequency", 300, "--eval-episodes", 1, "--final-eval-episodes", 1],
-    "dqn_atari.py": ["--total-timesteps", 100, "--learning-starts", 64, "--buffer-size", 100,
-                     "--eval-frequency", 100, *ATARI_TINY],
+    "dqn_cartpole.py": [
+        "--total-timesteps",
+        300,
+        "--learning-starts",
+        100,
+        "--buffer-size",
+        300,
+        "--eval-frequency",
+        300,
+        "--eval-episodes",
+        1,
+        "--final-eval-episodes",
+        1,
+    ],
+    "dqn_atari.py": [
+        "--total-timesteps",
+        100,
+        "--learning-starts",
+        64,
+        "--buffer-size",
+        100,
+        "--eval-frequency",
+        100,
+        *ATARI_TINY,
+    ],
     "a2c_atari.py": ["--total-timesteps", 10, "--num-envs", 2, "--num-steps", 5, *ATARI_TINY],
     "ppo_minatar_jax.py": [*PPO_TINY, "--hidden-sizes", 16],
     "ppo_minatar_cnn_jax.py": [*PPO_TINY, "--channels", 4, "--hidden-size", 8],
 }
-EXPECTED_TAGS = {"dqn_cartpole.py": "losses/td_loss", "dqn_atari.py": "losses/q_values",
-                 "a2c_atari.py": "losses/entropy", "ppo_minatar_jax.py": "losses/approx_kl",
-                 "ppo_minatar_cnn_jax.py": "losses/explained_variance"}
+EXPECTED_TAGS = {
+    "dqn_cartpole.py": "losses/td_loss",
+    "dqn_atari.py": "losses/q_values",
+    "a2c_atari.py": "losses/entropy",
+    "ppo_minatar_jax.py": "losses/approx_kl",
+    "ppo_minatar_cnn_jax.py": "losses/explained_variance",
+}
 MAX_STEPS, EPISODES = 12, 3
 
 
