@@ -301,6 +301,19 @@ def evaluate(
     return Episodes(returns.tolist(), lengths.tolist(), cut.tolist())
 
 
+def final_evaluation(q_network, env_id: str, args: Args, device, video_dir: str | None) -> Episodes:
+    """The reported evaluation: the same episodes and seeds at the end of training and for --eval-checkpoint."""
+    return evaluate(
+        q_network,
+        env_id,
+        args.final_eval_episodes,
+        args.seed + 100_000,
+        device,
+        video_dir=video_dir,
+        sticky_action_prob=args.sticky_action_prob,
+    )
+
+
 # ==== Training ====
 def seed_everything(seed: int, torch_deterministic: bool) -> None:
     random.seed(seed)
@@ -446,15 +459,7 @@ def train(args: Args, obs_dim: int, n_actions: int, run_dir: Path, checkpoint: d
     envs.close()
 
     start = time.time()
-    final = evaluate(
-        q_network,
-        args.env_id,
-        args.final_eval_episodes,
-        args.seed + 100_000,
-        device,
-        video_dir=log.video_dir,
-        sticky_action_prob=args.sticky_action_prob,
-    )
+    final = final_evaluation(q_network, args.env_id, args, device, log.video_dir)
     if args.save_model:  # networks and optimizer only: what --eval-checkpoint and fine-tuning need
         torch.save(
             {
@@ -487,15 +492,7 @@ def evaluate_checkpoint(args: Args, obs_dim: int, n_actions: int) -> dict:
         )
     log = RunLog(new_run_dir(args), args, SummaryWriter, checkpoint["global_step"], env_settings(args))
     start = time.time()
-    final = evaluate(
-        q_network,
-        args.env_id,
-        args.final_eval_episodes,
-        args.seed + 100_000,
-        device,
-        video_dir=log.video_dir,
-        sticky_action_prob=args.sticky_action_prob,
-    )
+    final = final_evaluation(q_network, args.env_id, args, device, log.video_dir)
     log.evaluation(checkpoint["global_step"], final, time.time() - start)
     return log.finish(
         checkpoint["global_step"],
