@@ -116,7 +116,8 @@ def main(argv=None) -> int:
     script, env_id = run_identity(run_dir)
     found = (args.reference, curves[args.reference]) if args.reference else find_curve(references, script, env_id)
     if found is None:
-        fail(f"no reference curve for {script} on {env_id}; pass --reference NAME, one of {', '.join(curves)}")
+        what = f"{script} on {env_id}" if script else f"{run_dir} (no summary.json yet and not a default run name)"
+        fail(f"no reference curve for {what}; pass --reference NAME, one of {', '.join(curves)}")
     points = [(step, value) for step, _, value in read_scalars(run_dir).get("charts/episodic_return", [])]
     if not points:
         fail(f"{run_dir} has no charts/episodic_return yet (no training episode finished); try again later")

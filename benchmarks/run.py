@@ -84,7 +84,8 @@ def plan_runs(suite: dict, scripts=None, env_ids=None, seeds=None, extra_args=()
     """The runs of a suite as a list of specs, after the --scripts / --env-ids / --seeds choices.
 
     --env-ids replaces the env list of every selected entry, but only with env ids of the same
-    family as the entry's own (Atari ids go to Atari scripts, MinAtar ids to MinAtar scripts).
+    family as the entry's own (Atari ids go to Atari scripts, MinAtar ids to MinAtar scripts). A run
+    that an earlier entry already plans (same script, env and seed: same run folder) is planned once.
     """
     entries = suite.get("runs", [])
     if scripts:
@@ -106,6 +107,9 @@ def plan_runs(suite: dict, scripts=None, env_ids=None, seeds=None, extra_args=()
         script_path = Path(suite["_dir"]) / entry["path"] if "path" in entry else ROOT / entry["script"]
         for env_id in envs:
             for seed in seeds or entry["seeds"]:
+                run_name = f"{env_id.replace('/', '-')}__{Path(entry['script']).stem}__{seed}"
+                if any(run["run_name"] == run_name for run in plan):
+                    continue
                 plan.append(
                     {
                         "script": entry["script"],
@@ -114,7 +118,7 @@ def plan_runs(suite: dict, scripts=None, env_ids=None, seeds=None, extra_args=()
                         "seed": int(seed),
                         "total_timesteps": entry.get("total_timesteps"),
                         "args": [str(a) for a in entry.get("args", [])] + list(extra_args),
-                        "run_name": f"{env_id.replace('/', '-')}__{Path(entry['script']).stem}__{seed}",
+                        "run_name": run_name,
                         "judge": bool(entry.get("judge", suite.get("judge", False))),
                         "timeout_s": timeout_s or entry.get("timeout_s", suite.get("timeout_s")),
                     }

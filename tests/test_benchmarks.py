@@ -507,6 +507,11 @@ def test_suites_match_the_issue(tmp_path):
     assert any("dqn_atari.py --env-id ALE/Pong-v5 --seed 7" in c for c in commands)
     assert any("ppo_minatar_jax.py --env-id Freeway-MinAtar --seed 7" in c for c in commands)
 
+    # Two entries of one script narrowed to the same env and seeds plan each run once: a second copy
+    # would share the first's run folder, and its launch would delete the first's finished result.
+    plan = run.plan_runs(run.load_suites()["unseen"], ["ppo_minatar_jax.py"], ["Breakout-MinAtar"], [104, 105])
+    assert [r["run_name"] for r in plan] == [f"Breakout-MinAtar__ppo_minatar_jax__{s}" for s in (104, 105)]
+
 
 # ---- the smoke suite on the real scripts (CI) ----
 def test_smoke_suite_runs_every_script(tmp_path):
