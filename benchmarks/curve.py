@@ -123,7 +123,8 @@ def main(argv=None) -> int:
         fail(f"{run_dir} has no charts/episodic_return yet (no training episode finished); try again later")
     name, curve = found
     comparison = compare_with_curve(points, curve)
-    print(f"{run_dir} ({script} on {env_id}): {len(points)} training games, last at step {points[-1][0]:,}")
+    identity = f" ({script} on {env_id})" if script else ""
+    print(f"{run_dir}{identity}: {len(points)} training games, last at step {points[-1][0]:,}")
     print(f"reference [curves.{name}]: {curve['name']}\n  source: {curve['source']}\n  protocol: {curve['protocol']}")
     print("mean raw score of the training games ending in each bin of agent steps:")
     print(format_table(comparison))

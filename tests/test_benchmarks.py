@@ -263,6 +263,11 @@ def test_curve_command_prints_the_run_beside_its_reference(tmp_path, capsys):
     _fake_run(ale, [(950_000, 3.0)])
     assert curve.main([str(ale)]) == 0
     assert capsys.readouterr().out.splitlines()[-1].split() == ["900k-1M", "3.00", "1", "6.09", "33"]
+    # A run named by hand, still in progress (no summary.json): --reference names its curve.
+    custom = tmp_path / "runs" / "a2c_breakout_s101"
+    _fake_run(custom, [(100_000, 2.0)])
+    assert curve.main([str(custom), "--reference", "sb3_zoo_a2c_breakout"]) == 0
+    assert capsys.readouterr().out.splitlines()[0] == f"{custom}: 1 training games, last at step 100,000"
 
 
 def test_curve_command_bad_input(tmp_path):
