@@ -22,6 +22,7 @@ import random
 import shutil
 import sys
 import time
+from collections import deque
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -92,6 +93,9 @@ class Args:
     """epsilon at the end of the exploration phase"""
     exploration_fraction: float = 0.16
     """fraction of total-timesteps over which epsilon decays linearly from start-e to end-e"""
+    n_step: int = 3
+    """steps of reward in each stored transition (multi-step return, as in Rainbow), cut at an episode
+    end; 1 is the one-step target of the DQN paper"""
     double_q: bool = True
     """Double DQN: the online network picks the next action, the target network values it"""
     hidden_size: int = 256
@@ -149,10 +153,12 @@ class Batch(NamedTuple):
     rewards: torch.Tensor
     next_obs: torch.Tensor
     terminated: torch.Tensor
+    discount: torch.Tensor
 
 
 class ReplayBuffer:
-    """Preallocated circular buffer of (obs, action, reward, next_obs, terminated), on `device`.
+    """Preallocated circular buffer of (obs, action, reward, next_obs, terminated, discount), on
+    `device`: n-step transitions from NStepQueue, whose reward is a sum and discount gamma^m.
 
     `terminated` is stored, not `done`: a truncated transition keeps its bootstrap (classic bug:
     treating the time limit as a terminal state).
@@ -165,17 +171,18 @@ class ReplayBuffer:
         self.actions = torch.zeros(capacity, dtype=torch.long, device=device)
         self.rewards = torch.zeros(capacity, dtype=torch.float32, device=device)
         self.terminated = torch.zeros(capacity, dtype=torch.float32, device=device)
+        self.discount = torch.zeros(capacity, dtype=torch.float32, device=device)
         self.pos, self.size = 0, 0
 
     @staticmethod
     def nbytes_for(capacity: int, obs_dim: int) -> int:
-        return capacity * (2 * obs_dim * 4 + 8 + 4 + 4)
+        return capacity * (2 * obs_dim * 4 + 8 + 4 + 4 + 4)
 
     @property
     def nbytes(self) -> int:
         return self.nbytes_for(self.capacity, self.obs.shape[1])
 
-    def add(self, obs, actions, rewards, next_obs, *, terminated) -> None:
+    def add(self, obs, actions, rewards, next_obs, *, terminated, discount) -> None:
         """Adds a batch of transitions (numpy arrays with a leading batch dimension)."""
         n = len(actions)
         idx = (self.pos + torch.arange(n)) % self.capacity
@@ -185,13 +192,21 @@ class ReplayBuffer:
         self.actions[idx] = torch.as_tensor(actions, dtype=torch.long, device=self.device)
         self.rewards[idx] = torch.as_tensor(rewards, dtype=torch.float32, device=self.device)
         self.terminated[idx] = torch.as_tensor(terminated, dtype=torch.float32, device=self.device)
+        self.discount[idx] = torch.as_tensor(discount, dtype=torch.float32, device=self.device)
         self.pos = (self.pos + n) % self.capacity
         self.size = min(self.size + n, self.capacity)
 
     def sample(self, batch_size: int, generator: torch.Generator) -> Batch:
         # Only filled slots: before wraparound the tail of the arrays is zeros, not experience.
         idx = torch.randint(0, self.size, (batch_size,), generator=generator, device=self.device)
-        return Batch(self.obs[idx], self.actions[idx], self.rewards[idx], self.next_obs[idx], self.terminated[idx])
+        return Batch(
+            self.obs[idx],
+            self.actions[idx],
+            self.rewards[idx],
+            self.next_obs[idx],
+            self.terminated[idx],
+            self.discount[idx],
+        )
 
     def state_dict(self) -> dict:
         return {
@@ -202,17 +217,46 @@ class ReplayBuffer:
             "actions": self.actions,
             "rewards": self.rewards,
             "terminated": self.terminated,
+            "discount": self.discount,
         }
 
     def load_state_dict(self, state: dict) -> None:
         self.pos, self.size = state["pos"], state["size"]
-        for name in ("obs", "next_obs", "actions", "rewards", "terminated"):  # in place: the buffer may be on a GPU
+        for name in (
+            "obs",
+            "next_obs",
+            "actions",
+            "rewards",
+            "terminated",
+            "discount",
+        ):  # in place: the buffer may be on a GPU
             getattr(self, name).copy_(state[name])
 
 
+class NStepQueue:
+    """Per env, the latest transitions whose n-step return is not known yet. A transition leaves as
+    (obs, action, discounted reward sum, obs m steps later, terminated, gamma^m) once m = n steps have
+    followed it, or at its episode's end with m < n: the sum holds rewards only (no value estimates of
+    the states in between) and never runs past an episode's end."""
+
+    def __init__(self, n: int, gamma: float, num_envs: int):
+        self.n, self.gamma, self.pending = n, gamma, [deque() for _ in range(num_envs)]
+
+    def push(self, i: int, obs, action, reward, next_obs, terminated: bool, episode_end: bool) -> list:
+        """Adds env i's transition; returns the transitions that are complete now."""
+        queue, out = self.pending[i], []
+        queue.append((obs, action, reward, next_obs, terminated))
+        while queue and (len(queue) == self.n or episode_end):
+            ret = sum(self.gamma**k * t[2] for k, t in enumerate(queue))
+            out.append((queue[0][0], queue[0][1], ret, queue[-1][3], queue[-1][4], self.gamma ** len(queue)))
+            queue.popleft()
+        return out
+
+
 # ==== Loss ====
-def td_target(rewards, next_q_target, terminated, gamma: float, next_q_online=None):
-    """r + gamma * Q_target(s', a') unless s' is terminal; truncated transitions still bootstrap.
+def td_target(rewards, next_q_target, terminated, discount, next_q_online=None):
+    """r + discount * Q_target(s', a') unless s' is terminal; truncated transitions still bootstrap.
+    An n-step transition's r is its reward sum, s' the state m <= n steps on and discount gamma^m.
 
     a' = argmax Q_target(s') (DQN), or argmax Q_online(s') when `next_q_online` is given (Double DQN).
     """
@@ -220,15 +264,15 @@ def td_target(rewards, next_q_target, terminated, gamma: float, next_q_online=No
         next_value = next_q_target.max(dim=1).values
     else:
         next_value = next_q_target.gather(1, next_q_online.argmax(dim=1, keepdim=True)).squeeze(1)
-    return rewards + gamma * (1.0 - terminated) * next_value
+    return rewards + discount * (1.0 - terminated) * next_value
 
 
-def dqn_loss(q_network, target_network, batch: Batch, gamma: float, double_q: bool):
+def dqn_loss(q_network, target_network, batch: Batch, double_q: bool):
     """Huber TD loss of a batch and the Q-values of its taken actions."""
     with torch.no_grad():
         next_q_target = target_network(batch.next_obs)
         next_q_online = q_network(batch.next_obs) if double_q else None
-        target = td_target(batch.rewards, next_q_target, batch.terminated, gamma, next_q_online)
+        target = td_target(batch.rewards, next_q_target, batch.terminated, batch.discount, next_q_online)
     q_taken = q_network(batch.obs).gather(1, batch.actions.unsqueeze(1)).squeeze(1)
     return F.smooth_l1_loss(q_taken, target), q_taken.detach()
 
@@ -239,9 +283,9 @@ def linear_schedule(start: float, end: float, duration: float, t: float) -> floa
     return end + (start - end) * max(0.0, 1.0 - t / duration)
 
 
-def dqn_update(q_network, target_network, optimizer, batch: Batch, gamma: float, double_q: bool):
+def dqn_update(q_network, target_network, optimizer, batch: Batch, double_q: bool):
     """One gradient step on the Huber TD loss; returns (loss, mean Q of the taken actions)."""
-    loss, q_taken = dqn_loss(q_network, target_network, batch, gamma, double_q)
+    loss, q_taken = dqn_loss(q_network, target_network, batch, double_q)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     optimizer.step()
@@ -332,6 +376,7 @@ def train(args: Args, obs_dim: int, n_actions: int, run_dir: Path, checkpoint: d
     # Created once: rebuilding Adam inside the loop would silently reset its moment estimates.
     optimizer = torch.optim.Adam(q_network.parameters(), lr=args.learning_rate, fused=True)
     rb = ReplayBuffer(args.buffer_size, obs_dim, device)
+    nstep = NStepQueue(args.n_step, args.gamma, args.num_envs)
     rng = np.random.default_rng(args.seed)
     sample_gen = torch.Generator(device=device).manual_seed(args.seed)
     global_step = updates = syncs = evals = refill_end = 0
@@ -379,9 +424,15 @@ def train(args: Args, obs_dim: int, n_actions: int, run_dir: Path, checkpoint: d
         for i in np.flatnonzero((terminations | truncations) & live):
             log.episode(global_step, ep_return[i], ep_length[i])
             ep_return[i], ep_length[i] = 0.0, 0
-        # The reset step (last obs of one episode -> first obs of the next) is not a transition.
-        if live.any():
-            rb.add(obs[live], actions[live], rewards[live], next_obs[live], terminated=terminations[live])
+        # The reset step (last obs of one episode -> first obs of the next) is not a transition. A
+        # checkpoint cut ends every episode: no transition waits in the queue across it.
+        episode_end = terminations | truncations | cut
+        complete = []
+        for i in np.flatnonzero(live):
+            complete += nstep.push(i, obs[i], actions[i], rewards[i], next_obs[i], terminations[i], episode_end[i])
+        if complete:
+            o, a, r, o2, term, discount = (np.array(x) for x in zip(*complete))
+            rb.add(o, a, r, o2, terminated=term, discount=discount)
         autoreset = terminations | truncations
         obs = next_obs
 
@@ -401,7 +452,6 @@ def train(args: Args, obs_dim: int, n_actions: int, run_dir: Path, checkpoint: d
                         target_network,
                         optimizer,
                         rb.sample(args.batch_size, sample_gen),
-                        args.gamma,
                         args.double_q,
                     )
                     finite &= torch.isfinite(loss)
@@ -544,6 +594,7 @@ def check_args(args: Args) -> tuple:
         "eval_episodes",
         "final_eval_episodes",
         "hidden_size",
+        "n_step",
     ):
         if getattr(args, name) <= 0:
             fail(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
