@@ -208,28 +208,14 @@ class ReplayBuffer:
             self.discount[idx],
         )
 
+    FIELDS = ("obs", "next_obs", "actions", "rewards", "terminated", "discount")
+
     def state_dict(self) -> dict:
-        return {
-            "pos": self.pos,
-            "size": self.size,
-            "obs": self.obs,
-            "next_obs": self.next_obs,
-            "actions": self.actions,
-            "rewards": self.rewards,
-            "terminated": self.terminated,
-            "discount": self.discount,
-        }
+        return {"pos": self.pos, "size": self.size, **{name: getattr(self, name) for name in self.FIELDS}}
 
     def load_state_dict(self, state: dict) -> None:
         self.pos, self.size = state["pos"], state["size"]
-        for name in (
-            "obs",
-            "next_obs",
-            "actions",
-            "rewards",
-            "terminated",
-            "discount",
-        ):  # in place: the buffer may be on a GPU
+        for name in self.FIELDS:  # in place: the buffer may be on a GPU
             getattr(self, name).copy_(state[name])
 
 
