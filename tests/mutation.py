@@ -58,6 +58,10 @@ def apply(mutant: Mutant, source: str) -> str:
         raise ValueError(f"{mutant.script}: {mutant.bug!r}: `old` occurs {count} times (must be once)")
     if mutant.new == mutant.old:
         raise ValueError(f"{mutant.script}: {mutant.bug!r}: `new` equals `old`, nothing is planted")
+    start = source.index(mutant.old)
+    if mutant.old[:1] in (" ", "\t") and start > 0 and source[start - 1] in (" ", "\t"):
+        # Cutting part of an indentation re-indents the next line: a second, unintended bug.
+        raise ValueError(f"{mutant.script}: {mutant.bug!r}: `old` begins inside a line's indentation")
     return source.replace(mutant.old, mutant.new)
 
 

@@ -420,8 +420,10 @@ CLI_TINY = [
 
 
 def test_killed_run_resumes_to_the_same_result(workdir):
-    # Checkpoints every 1000 steps: the kill lands anywhere between (or during) them.
-    a, _ = assert_kill_resume_equal(SCRIPT, *CLI_TINY, "--checkpoint-frequency", "1000", cwd=workdir)
+    # Checkpoints every 1000 steps: the kill lands anywhere between (or during) them. Four envs: the
+    # n-step queue must be flushed at the cut, and with one env it is empty there by chance whenever an
+    # episode ends on the step before (seed 0 does), which would hide a missing flush.
+    a, _ = assert_kill_resume_equal(SCRIPT, *CLI_TINY, "--checkpoint-frequency", "1000", "--num-envs", "4", cwd=workdir)
     assert a["final_eval"]["episodes"] == 5
 
 
@@ -468,6 +470,8 @@ def test_non_finite_loss_stops_the_run_and_keeps_the_checkpoint(tmp_path, monkey
     )
     saved = torch.load(checkpoint, weights_only=True)
     assert saved["global_step"] == 2_000 and all(torch.isfinite(v).all() for v in saved["q_network"].values())
+    # At once: the first logging step after the 1000th update, not the next check of the Q-network's weights.
+    assert "by step 2,500" in json.loads((tmp_path / "runs/tiny/summary.json").read_text())["failure"]
 
 
 def test_resume_refuses_what_it_cannot_continue(workdir, tiny_run):

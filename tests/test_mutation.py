@@ -32,3 +32,5 @@ def test_apply_refuses_ambiguous_or_missing_text():
         apply(Mutant("s.py", "bug", "x = 1", "x = 2", ()), "x = 1\nx = 1\n")
     with pytest.raises(ValueError, match="0 times"):
         apply(Mutant("s.py", "bug", "y = 1", "y = 2", ()), "x = 1\n")
+    with pytest.raises(ValueError, match="indentation"):  # would move `z = 2` under `if`
+        apply(Mutant("s.py", "bug", "  y = 1\n", "", ()), "if x:\n    y = 1\nz = 2\n")
