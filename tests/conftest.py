@@ -229,14 +229,15 @@ def assert_kill_resume_equal(script, *args, cwd, seed=0, timeout=300):
     return a, b
 
 
-def assert_nonfinite_stops(run, run_dir, capsys):
-    """`run()` plants a non-finite loss after the run's first checkpoint: it stops at once with one error line
-    naming the step and the kept checkpoint, exit code 3, summary.json marked failed. Returns the checkpoint."""
+def assert_nonfinite_stops(run, run_dir, capsys, step):
+    """`run()` plants a non-finite loss after the run's first checkpoint: it stops at once (by `step`, not at a
+    later check of the parameters) with one error line naming the step and the kept checkpoint, exit code 3,
+    summary.json marked failed. Returns the checkpoint."""
     with pytest.raises(SystemExit) as exit_:
         run()
     assert exit_.value.code == 3
     lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error: non-finite") and "step" in lines[0], lines
+    assert len(lines) == 1 and lines[0].startswith("error: non-finite") and f"by step {step:,};" in lines[0], lines
     checkpoint = Path(run_dir) / "checkpoint"
     assert str(checkpoint) in lines[0] and checkpoint.is_file(), lines[0]
     summary = json.loads((Path(run_dir) / "summary.json").read_text())

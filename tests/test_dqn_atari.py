@@ -711,7 +711,7 @@ def test_non_finite_loss_stops_the_run_and_keeps_the_checkpoint(tmp_path, monkey
 
     monkeypatch.setattr(d, "dqn_loss", poisoned)
     checkpoint = assert_nonfinite_stops(
-        lambda: d.main(tiny_args(checkpoint_frequency=300, checkpoint_buffer=False)), "runs/tiny", capsys
+        lambda: d.main(tiny_args(checkpoint_frequency=300, checkpoint_buffer=False)), "runs/tiny", capsys, 400
     )
     saved = torch.load(checkpoint, weights_only=True)
     assert saved["global_step"] == 300 and all(torch.isfinite(v).all() for v in saved["q_network"].values())

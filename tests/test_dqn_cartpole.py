@@ -466,12 +466,10 @@ def test_non_finite_loss_stops_the_run_and_keeps_the_checkpoint(tmp_path, monkey
 
     monkeypatch.setattr(dqn, "dqn_loss", poisoned)
     checkpoint = assert_nonfinite_stops(
-        lambda: dqn.main(tiny_args(checkpoint_frequency=2_000, train_frequency=2)), "runs/tiny", capsys
+        lambda: dqn.main(tiny_args(checkpoint_frequency=2_000, train_frequency=2)), "runs/tiny", capsys, 2_500
     )
     saved = torch.load(checkpoint, weights_only=True)
     assert saved["global_step"] == 2_000 and all(torch.isfinite(v).all() for v in saved["q_network"].values())
-    # At once: the first logging step after the 1000th update, not the next check of the Q-network's weights.
-    assert "by step 2,500" in json.loads((tmp_path / "runs/tiny/summary.json").read_text())["failure"]
 
 
 def test_resume_refuses_what_it_cannot_continue(workdir, tiny_run):

@@ -522,11 +522,10 @@ def test_non_finite_stops_the_run_and_keeps_the_checkpoint(workdir, monkeypatch,
     )
     monkeypatch.chdir(workdir)
     checkpoint = assert_nonfinite_stops(
-        lambda: mlp.main(tiny_args(mlp, checkpoint_frequency=512, run_name="nan")), "runs/nan", capsys
+        lambda: mlp.main(tiny_args(mlp, checkpoint_frequency=512, run_name="nan")), "runs/nan", capsys, 1_024
     )
     state = flax.serialization.msgpack_restore(checkpoint.read_bytes())
     assert state["global_step"] == 512 and all(np.isfinite(x).all() for x in jax.tree.leaves(state["runner"]))
-    assert "step 1,024" in json.loads((workdir / "runs/nan/summary.json").read_text())["failure"]
 
 
 @BOTH
