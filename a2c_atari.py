@@ -34,6 +34,7 @@ import shutil
 import sys
 import time
 from dataclasses import dataclass
+from datetime import timedelta
 from functools import partial
 from pathlib import Path
 from typing import NamedTuple
@@ -926,7 +927,7 @@ class RunLog:
         sps = (step - self.first_step) / max(now - self.start, 1e-9)
         ret = f"{np.mean(self.recent):.1f}" if self.recent else "n/a"
         ev = f" | eval {self.eval_history[-1]['mean']:.1f}" if self.eval_history else ""
-        left = time.strftime("%H:%M:%S", time.gmtime((self.total - step) / max(sps, 1e-9)))
+        left = timedelta(seconds=round((self.total - step) / max(sps, 1e-9)))  # "1 day, 2:03:04": runs last days
         print(
             f"[{SCRIPT}] step {step:,}/{self.total:,} ({100 * step / self.total:.0f}%) | {sps:,.0f} steps/s | "
             f"return {ret}{ev} | {left} left",

@@ -233,6 +233,37 @@ def test_bench_a2c_atari_uses_the_shared_curve_comparison(monkeypatch):
     assert bench_a2c.reference_comparison is curve.reference_comparison
 
 
+def test_dqn_atari_profile_counts_each_part_by_its_caller(tmp_path):
+    """The profile's parts are calls from the training loop: the evaluations' forward passes are left out."""
+    import cProfile
+
+    import bench_dqn_atari
+
+    (tmp_path / "dqn_atari.py").write_text(
+        "import time\n"
+        "def select_actions(): time.sleep(0.01)\n"
+        "def dqn_loss(): time.sleep(0.02)\n"
+        "def dqn_update(): dqn_loss()\n"
+        "def evaluate(): [select_actions() for _ in range(5)]\n"
+        "def train():\n"
+        "    for _ in range(3): select_actions(); dqn_update()\n"
+        "    evaluate()\n"
+    )
+    spec = importlib.util.spec_from_file_location("fake_dqn_atari", tmp_path / "dqn_atari.py")
+    fake = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(fake)
+    profiler = cProfile.Profile()
+    profiler.runcall(fake.train)
+    profiler.dump_stats(tmp_path / "p.prof")
+    parts = bench_dqn_atari.profile_parts(tmp_path / "p.prof")
+    loop = parts["training loop (train() less evaluations)"]["s"]
+    assert loop == pytest.approx(0.09, abs=0.03)  # the 0.05 s of evaluation are not in it
+    assert parts["action selection (epsilon-greedy, 1 forward)"]["calls"] == 3
+    assert parts["update"]["calls"] == parts["update: forward passes and loss"]["calls"] == 3
+    assert parts["update: forward passes and loss"]["share"] == pytest.approx(0.06 / loop, abs=0.1)
+    assert "env step (AtariVectorEnv, C++ threads)" not in parts
+
+
 def _fake_run(run_dir, points):
     """A run folder with TensorBoard training returns as the scripts log them (SummaryWriter)."""
     from torch.utils.tensorboard import SummaryWriter

@@ -2,6 +2,7 @@
 
 import dataclasses
 import json
+from types import SimpleNamespace
 
 import gymnasium as gym
 import numpy as np
@@ -479,6 +480,16 @@ def test_resume_refuses_what_it_cannot_continue(workdir, tiny_run):
     (workdir / "runs/torn").mkdir()
     (workdir / "runs/torn/checkpoint").write_bytes((tiny_run[2] / "dqn_cartpole.pt").read_bytes()[:5000])
     assert_bad_input(SCRIPT, "--resume", "runs/torn", cwd=workdir, mentions=["--resume", "not a torch"], keep=True)
+
+
+def test_progress_line_counts_the_days_left(tmp_path, monkeypatch, capsys):
+    """RunLog is the same in every script: a default Atari run lasts more than a day here."""
+    monkeypatch.setattr(dqn.time, "time", lambda: 1_000.0)
+    log = dqn.RunLog(tmp_path, tiny_args(), lambda path, purge_step: SimpleNamespace(add_text=print), 10_000_000, {})
+    log.start, log.last_print = 900.0, 0.0  # 1,000 steps in 100 s: 999,900 s to go
+    log.progress(1_000)
+    out = capsys.readouterr().out
+    assert "| 10 steps/s |" in out and "| 11 days, 13:45:00 left" in out, out
 
 
 def test_memory_check_reads_mem_available_and_the_cgroup_limit(tmp_path):
