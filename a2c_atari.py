@@ -22,6 +22,10 @@ Atari specifics, each a classic bug when done wrong:
 - NEXT_STEP autoreset: the step after a game ends only resets that env; it stays in the rollout
   (the tensors stay rectangular) but is masked out of the loss.
 `--env-id` takes a gymnasium Atari id (BreakoutNoFrameskip-v4, ALE/Breakout-v5, ...) to pick the game.
+
+To change the network, touch ActorCritic; the loss: nstep_returns, gae_advantages, a2c_loss; the rollout:
+Rollout, RolloutCollector. a2c_update returns a metrics dict that train() logs whole, so a new metric is one line
+there. Tests follow a copy: pytest tests/test_a2c_atari.py --script <copy>.
 """
 
 import dataclasses
@@ -114,8 +118,8 @@ class Args:
     """RMSprop decay of the squared-gradient average"""
     rmsprop_eps: float = 1e-5
     """RMSprop epsilon, added inside the square root (TensorFlow form)"""
-    log_frequency: int = 100
-    """updates between logs of losses and diagnostics"""
+    log_frequency: int = 8_000
+    """environment steps between logs of losses and diagnostics (100 updates of the default 16 x 5 steps)"""
     eval_frequency: int = 500_000
     """environment steps between evaluations (logged to eval/episodic_return)"""
     eval_episodes: int = 10
@@ -425,7 +429,7 @@ def grad_norms(agent: ActorCritic) -> dict:
 
 
 def a2c_update(agent, optimizer, rollout: Rollout, args: Args, lr: float, finite: torch.Tensor) -> dict:
-    """One gradient step on a rollout; returns diagnostics (floats). `finite` (a device-side bool) is and-ed
+    """One gradient step on a rollout; returns its metrics as {TensorBoard tag: float}, logged whole. `finite` (a device-side bool) is and-ed
     in place with isfinite(loss): reading it back is the caller's, once, not a sync per use."""
     returns, advantages = returns_and_advantages(rollout, args.gamma, args.gae_lambda)
     T, E = rollout.actions.shape
@@ -450,11 +454,11 @@ def a2c_update(agent, optimizer, rollout: Rollout, args: Args, lr: float, finite
     grad_norm = nn.utils.clip_grad_norm_(agent.parameters(), args.max_grad_norm)
     optimizer.step()
     return {
-        "loss": loss.item(),
-        **{k: v.item() for k, v in parts.items()},
-        "grad_norm": grad_norm.item(),
-        "explained_variance": explained_variance(rollout.values.reshape(-1), returns.reshape(-1), valid),
-        "layer_grad_norms": layer_norms,
+        "losses/loss": loss.item(),
+        **{f"losses/{k}": v.item() for k, v in parts.items()},
+        "losses/grad_norm": grad_norm.item(),
+        "losses/explained_variance": explained_variance(rollout.values.reshape(-1), returns.reshape(-1), valid),
+        **{f"grad_norms/{k}": v for k, v in layer_norms.items()},
     }
 
 
@@ -521,13 +525,13 @@ def train(args: Args, game: str, n_actions: int, run_dir: Path, checkpoint: dict
     global_step = done_updates = evals = 0
     if checkpoint is not None:
         global_step, done_updates, evals = (checkpoint[k] for k in ("global_step", "updates", "evals"))
-        agent.load_state_dict(checkpoint["agent"])
+        load_weights(agent, checkpoint, "agent", "--resume", args.resume, args)
         optimizer.load_state_dict(checkpoint["optimizer"])
         set_rng_states(checkpoint["rng"], generator)
     log = RunLog(
         run_dir, args, SummaryWriter, num_updates * batch, env_settings(args), checkpoint["log"] if checkpoint else None
     )
-    sticky, eval_seed = args.sticky_action_prob, args.seed + 100_000  # evaluation games are not the training games
+    sticky = args.sticky_action_prob
     # Games start at step 0 and again after every checkpoint, seeded by the step: a resumed run
     # restarts them exactly as the uninterrupted run did.
     collector = RolloutCollector(
@@ -542,30 +546,21 @@ def train(args: Args, game: str, n_actions: int, run_dir: Path, checkpoint: dict
 
         # Linear from the full rate at the first update to 0 after the last one.
         lr = linear_schedule(args.learning_rate, 0.0, num_updates, update) if args.anneal_lr else args.learning_rate
-        stats = a2c_update(agent, optimizer, rollout, args, lr, finite)
+        metrics = a2c_update(agent, optimizer, rollout, args, lr, finite)
         # Read every update, not at logging time only: the next rollout samples actions from the policy, and
         # NaN probabilities would crash torch.multinomial. No extra wait: the rollout reads actions back anyway.
         log.stop_unless_finite(bool(finite), global_step, "loss")
-        if update % args.log_frequency == 0 or update == num_updates - 1:
-            log.scalars(
-                global_step,
-                {
-                    **{
-                        f"losses/{k}": stats[k]
-                        for k in ("loss", "policy_loss", "value_loss", "entropy", "explained_variance", "grad_norm")
-                    },
-                    **{f"grad_norms/{k}": v for k, v in stats["layer_grad_norms"].items()},
-                    "charts/learning_rate": lr,
-                },
-            )
+        if global_step % args.log_frequency < batch or update == num_updates - 1:
+            log.scalars(global_step, {**metrics, "charts/learning_rate": lr})
 
         if global_step // args.eval_frequency > evals or update == num_updates - 1:
             evals, start = global_step // args.eval_frequency, time.time()
+            # Env i is seeded seed + i: each evaluation takes the next eval_episodes seeds, its own games.
             episodes = evaluate(
                 agent,
                 game,
                 args.eval_episodes,
-                eval_seed + evals,
+                args.seed + 200_000 + len(log.eval_history) * args.eval_episodes,
                 device,
                 args.eval_max_frames,
                 sticky_action_prob=sticky,
@@ -596,7 +591,7 @@ def train(args: Args, game: str, n_actions: int, run_dir: Path, checkpoint: dict
 
     start = time.time()
     final = evaluate(
-        agent, game, args.final_eval_episodes, eval_seed, device, args.eval_max_frames, log.video_dir, sticky
+        agent, game, args.final_eval_episodes, args.seed + 100_000, device, args.eval_max_frames, log.video_dir, sticky
     )
     if args.save_model:
         torch.save(
@@ -620,13 +615,7 @@ def evaluate_checkpoint(args: Args, game: str, n_actions: int) -> dict:
     device = torch.device("cuda" if torch.cuda.is_available() and args.cuda else "cpu")
     checkpoint = load_checkpoint(args.eval_checkpoint, "--eval-checkpoint")
     agent = ActorCritic(n_actions).to(device)
-    try:
-        agent.load_state_dict(checkpoint["agent"])
-    except RuntimeError:  # another game's action count: the policy head's size differs
-        fail(
-            f"--eval-checkpoint {args.eval_checkpoint} does not fit the network of --env-id {args.env_id}; "
-            f"pass the --env-id it was trained on ({checkpoint['args']['env_id']})"
-        )
+    load_weights(agent, checkpoint, "agent", "--eval-checkpoint", args.eval_checkpoint, args)
     log = RunLog(new_run_dir(args), args, SummaryWriter, checkpoint["global_step"], env_settings(args))
     start = time.time()
     final = evaluate(
@@ -858,10 +847,36 @@ def load_checkpoint(path: str, flag: str) -> dict:
     return checkpoint
 
 
+def load_weights(module, checkpoint: dict, key: str, flag: str, path: str, args, flags=("env_id",)) -> None:
+    """checkpoint[key] into `module`, or one line naming the weights that do not fit and why: the flags that
+    size the network (`flags`) differ from the checkpoint's, or else the network code itself differs."""
+    try:
+        module.load_state_dict(checkpoint[key])
+    except RuntimeError:
+        here, saved = ({k: tuple(v.shape) for k, v in s.items()} for s in (module.state_dict(), checkpoint[key]))
+        keys = [k for k in sorted(here.keys() | saved.keys()) if here.get(k) != saved.get(k)]
+        diff = "; ".join(f"{k}: {saved.get(k, 'absent')} saved, {here.get(k, 'absent')} here" for k in keys[:3])
+        trained = checkpoint["args"]
+        other = [f"--{f.replace('_', '-')} {trained[f]}" for f in flags if trained.get(f) != getattr(args, f)]
+        fix = (
+            f"pass {' '.join(other)} as in training"
+            if other
+            else "the network code differs from the code that wrote it; load it with that code"
+        )
+        fail(f"{flag} {path} does not fit this network ({len(keys)} weights differ: {diff}); {fix}")
+
+
 def new_run_dir(args) -> Path:
+    """runs/<run-name>, which must not exist: a finished run, a killed one or one another process is writing
+    now is never written into (--resume is the way back in). mkdir is atomic: of two processes started with
+    the same name, exactly one runs."""
     run_name = args.run_name or f"{args.env_id.replace('/', '-')}__{Path(SCRIPT).stem}__{args.seed}__{int(time.time())}"
     run_dir = Path("runs") / run_name
-    run_dir.mkdir(parents=True, exist_ok=True)
+    run_dir.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        run_dir.mkdir()
+    except FileExistsError:
+        fail(f"{run_dir} already exists; pass another --run-name, or --resume {run_dir} to continue that run")
     return run_dir
 
 

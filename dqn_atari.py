@@ -13,6 +13,10 @@ minimal action set) and the env id's sticky actions (0.25 for ALE/*-v5, none for
 - The replay buffer stores each 84x84 frame once (7,064 bytes per transition, 1M in 7.06 GB instead of 28.2 GB
   for stored 4-stacks) and rebuilds stacks at sample time, zero-padded at an episode start like the env.
 - NEXT_STEP autoreset: the step after a game ends is a reset, not a transition; it never enters the buffer.
+
+To change the network, touch QNetwork; the loss: td_target, dqn_loss; the buffer: ReplayBuffer (frame
+storage and stack rebuilding). dqn_update returns a metrics dict that train() logs whole, so a new metric is one
+line there. Tests follow a copy: pytest tests/test_dqn_atari.py --script <copy>.
 """
 
 import dataclasses
@@ -104,6 +108,8 @@ class Args:
     """fraction of total-timesteps over which epsilon decays linearly from start-e to end-e"""
     double_q: bool = False
     """Double DQN: the online network picks the next action, the target network values it"""
+    log_frequency: int = 100
+    """environment steps between logs of losses and diagnostics"""
     eval_frequency: int = 250_000
     """environment steps between evaluations (logged to eval/episodic_return)"""
     eval_episodes: int = 10
@@ -360,12 +366,13 @@ def linear_schedule(start: float, end: float, duration: float, t: float) -> floa
 
 
 def dqn_update(q_network, target_network, optimizer, batch: Batch, gamma: float, double_q: bool):
-    """One gradient step on the Huber TD loss; returns (loss, mean Q of the taken actions)."""
+    """One gradient step on the Huber TD loss; returns its metrics (device tensors: reading one back waits
+    for the device, so train() reads them at logging time only), each logged as losses/<key>."""
     loss, q_taken = dqn_loss(q_network, target_network, batch, gamma, double_q)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     optimizer.step()
-    return loss.detach(), q_taken.mean()
+    return {"td_loss": loss.detach(), "q_values": q_taken.detach().mean()}
 
 
 def sync_target(q_network: nn.Module, target_network: nn.Module) -> None:
@@ -460,8 +467,9 @@ def train(args: Args, game: str, n_actions: int, run_dir: Path, checkpoint: dict
     global_step = updates = syncs = evals = refill_end = 0
     if checkpoint is not None:
         global_step, updates, syncs, evals = (checkpoint[k] for k in ("global_step", "updates", "syncs", "evals"))
-        for module, name in ((q_network, "q_network"), (target_network, "target_network"), (optimizer, "optimizer")):
-            module.load_state_dict(checkpoint[name])
+        for module, name in ((q_network, "q_network"), (target_network, "target_network")):
+            load_weights(module, checkpoint, name, "--resume", args.resume, args)
+        optimizer.load_state_dict(checkpoint["optimizer"])
         if checkpoint["buffer"] is not None:
             rb.load_state_dict(checkpoint["buffer"])
         else:  # resumed without its buffer (--no-checkpoint-buffer): collect learning-starts steps before learning
@@ -481,7 +489,7 @@ def train(args: Args, game: str, n_actions: int, run_dir: Path, checkpoint: dict
     # NEXT_STEP autoreset: an env that ended a game spends its next step resetting.
     autoreset, lives = np.zeros(args.num_envs, dtype=bool), info["lives"]
     ep_return, ep_length = np.zeros(args.num_envs), np.zeros(args.num_envs, dtype=np.int64)
-    finite, loss = torch.ones((), dtype=torch.bool, device=device), None  # finite: read when logging, no syncs
+    finite, metrics = torch.ones((), dtype=torch.bool, device=device), {}  # finite: read when logging, no syncs
     while global_step < args.total_timesteps:
         global_step += args.num_envs
         epsilon = linear_schedule(
@@ -530,7 +538,7 @@ def train(args: Args, game: str, n_actions: int, run_dir: Path, checkpoint: dict
             # Replay ratio in environment steps, whatever the number of envs.
             while updates < (global_step - args.learning_starts) // args.train_frequency:
                 if global_step > refill_end:
-                    loss, q_mean = dqn_update(
+                    metrics = dqn_update(
                         q_network,
                         target_network,
                         optimizer,
@@ -538,16 +546,15 @@ def train(args: Args, game: str, n_actions: int, run_dir: Path, checkpoint: dict
                         args.gamma,
                         args.double_q,
                     )
-                    finite &= torch.isfinite(loss)
+                    finite &= torch.isfinite(metrics["td_loss"])
                 updates += 1
-            if loss is not None and global_step % 100 < args.num_envs:
+            if metrics and global_step % args.log_frequency < args.num_envs:
                 log.stop_unless_finite(bool(finite), global_step, "TD loss")
                 # Gradients of the last update: dqn_update clears them only at the start of the next one.
                 log.scalars(
                     global_step,
                     {
-                        "losses/td_loss": loss.item(),
-                        "losses/q_values": q_mean.item(),
+                        **{f"losses/{k}": v.item() for k, v in metrics.items()},
                         "losses/grad_norm": nn.utils.get_total_norm([p.grad for p in q_network.parameters()]).item(),
                         **{f"grad_norms/{k}": v for k, v in grad_norms(q_network).items()},
                         "charts/learning_rate": lr,
@@ -560,11 +567,12 @@ def train(args: Args, game: str, n_actions: int, run_dir: Path, checkpoint: dict
 
         if global_step // args.eval_frequency > evals or global_step >= args.total_timesteps:
             evals, start = global_step // args.eval_frequency, time.time()
+            # Env i is seeded seed + i: each evaluation takes the next eval_episodes seeds, its own games.
             episodes = evaluate(
                 q_network,
                 game,
                 args.eval_episodes,
-                args.seed + 100_000 + evals,
+                args.seed + 200_000 + len(log.eval_history) * args.eval_episodes,
                 device,
                 args.eval_epsilon,
                 args.eval_max_frames,
@@ -625,13 +633,7 @@ def evaluate_checkpoint(args: Args, game: str, n_actions: int) -> dict:
     device = torch.device("cuda" if torch.cuda.is_available() and args.cuda else "cpu")
     checkpoint = load_checkpoint(args.eval_checkpoint, "--eval-checkpoint")
     q_network = QNetwork(n_actions).to(device)
-    try:
-        q_network.load_state_dict(checkpoint["q_network"])
-    except RuntimeError:  # another game's action count: the output layer's size differs
-        fail(
-            f"--eval-checkpoint {args.eval_checkpoint} does not fit the network of --env-id {args.env_id}; "
-            f"pass the --env-id it was trained on ({checkpoint['args']['env_id']})"
-        )
+    load_weights(q_network, checkpoint, "q_network", "--eval-checkpoint", args.eval_checkpoint, args)
     log = RunLog(new_run_dir(args), args, SummaryWriter, checkpoint["global_step"], env_settings(args))
     start = time.time()
     final = final_evaluation(q_network, game, args, device, log.video_dir)
@@ -683,6 +685,7 @@ def check_args(args: Args) -> tuple:
         "batch_size",
         "train_frequency",
         "target_network_frequency",
+        "log_frequency",
         "eval_frequency",
         "eval_episodes",
         "final_eval_episodes",
@@ -899,10 +902,36 @@ def load_checkpoint(path: str, flag: str) -> dict:
     return checkpoint
 
 
+def load_weights(module, checkpoint: dict, key: str, flag: str, path: str, args, flags=("env_id",)) -> None:
+    """checkpoint[key] into `module`, or one line naming the weights that do not fit and why: the flags that
+    size the network (`flags`) differ from the checkpoint's, or else the network code itself differs."""
+    try:
+        module.load_state_dict(checkpoint[key])
+    except RuntimeError:
+        here, saved = ({k: tuple(v.shape) for k, v in s.items()} for s in (module.state_dict(), checkpoint[key]))
+        keys = [k for k in sorted(here.keys() | saved.keys()) if here.get(k) != saved.get(k)]
+        diff = "; ".join(f"{k}: {saved.get(k, 'absent')} saved, {here.get(k, 'absent')} here" for k in keys[:3])
+        trained = checkpoint["args"]
+        other = [f"--{f.replace('_', '-')} {trained[f]}" for f in flags if trained.get(f) != getattr(args, f)]
+        fix = (
+            f"pass {' '.join(other)} as in training"
+            if other
+            else "the network code differs from the code that wrote it; load it with that code"
+        )
+        fail(f"{flag} {path} does not fit this network ({len(keys)} weights differ: {diff}); {fix}")
+
+
 def new_run_dir(args) -> Path:
+    """runs/<run-name>, which must not exist: a finished run, a killed one or one another process is writing
+    now is never written into (--resume is the way back in). mkdir is atomic: of two processes started with
+    the same name, exactly one runs."""
     run_name = args.run_name or f"{args.env_id.replace('/', '-')}__{Path(SCRIPT).stem}__{args.seed}__{int(time.time())}"
     run_dir = Path("runs") / run_name
-    run_dir.mkdir(parents=True, exist_ok=True)
+    run_dir.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        run_dir.mkdir()
+    except FileExistsError:
+        fail(f"{run_dir} already exists; pass another --run-name, or --resume {run_dir} to continue that run")
     return run_dir
 
 

@@ -12,6 +12,11 @@ TD loss, here on the easy problem where every component can be checked quickly. 
 by the time limit (truncation) bootstrap from the last state; episodes that end by failure
 (termination) do not. Environments are gymnasium vector envs with NEXT_STEP autoreset, so the step
 after an episode ends is a reset, not a transition, and never enters the buffer.
+
+To change the network, touch QNetwork (and the flags that size it: --hidden-size; a checkpoint names them);
+the loss: td_target, dqn_loss; the buffer: ReplayBuffer, NStepQueue. dqn_update returns a metrics dict that
+train() logs whole, so a new metric is one line there.
+Tests follow a copy: pytest tests/test_dqn_cartpole.py --script <copy>.
 """
 
 import dataclasses
@@ -101,6 +106,8 @@ class Args:
     """Double DQN: the online network picks the next action, the target network values it"""
     hidden_size: int = 256
     """width of the two hidden layers of the Q-network"""
+    log_frequency: int = 100
+    """environment steps between logs of losses and diagnostics"""
     eval_frequency: int = 5_000
     """environment steps between greedy evaluations (logged to eval/episodic_return)"""
     eval_episodes: int = 10
@@ -271,12 +278,13 @@ def linear_schedule(start: float, end: float, duration: float, t: float) -> floa
 
 
 def dqn_update(q_network, target_network, optimizer, batch: Batch, double_q: bool):
-    """One gradient step on the Huber TD loss; returns (loss, mean Q of the taken actions)."""
+    """One gradient step on the Huber TD loss; returns its metrics (device tensors: reading one back waits
+    for the device, so train() reads them at logging time only), each logged as losses/<key>."""
     loss, q_taken = dqn_loss(q_network, target_network, batch, double_q)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     optimizer.step()
-    return loss.detach(), q_taken.mean()
+    return {"td_loss": loss.detach(), "q_values": q_taken.detach().mean()}
 
 
 def sync_target(q_network: nn.Module, target_network: nn.Module) -> None:
@@ -369,8 +377,9 @@ def train(args: Args, obs_dim: int, n_actions: int, run_dir: Path, checkpoint: d
     global_step = updates = syncs = evals = refill_end = 0
     if checkpoint is not None:
         global_step, updates, syncs, evals = (checkpoint[k] for k in ("global_step", "updates", "syncs", "evals"))
-        for module, name in ((q_network, "q_network"), (target_network, "target_network"), (optimizer, "optimizer")):
-            module.load_state_dict(checkpoint[name])
+        for module, name in ((q_network, "q_network"), (target_network, "target_network")):
+            load_weights(module, checkpoint, name, "--resume", args.resume, args)
+        optimizer.load_state_dict(checkpoint["optimizer"])
         if checkpoint["buffer"] is not None:
             rb.load_state_dict(checkpoint["buffer"])
         else:  # resumed without its buffer (--no-checkpoint-buffer): collect learning-starts steps before learning
@@ -390,7 +399,7 @@ def train(args: Args, obs_dim: int, n_actions: int, run_dir: Path, checkpoint: d
     # NEXT_STEP autoreset: an env that ended an episode spends its next step resetting.
     autoreset = np.zeros(args.num_envs, dtype=bool)
     ep_return, ep_length = np.zeros(args.num_envs), np.zeros(args.num_envs, dtype=np.int64)
-    finite, loss = torch.ones((), dtype=torch.bool, device=device), None  # finite: read when logging, no syncs
+    finite, metrics = torch.ones((), dtype=torch.bool, device=device), {}  # finite: read when logging, no syncs
     while global_step < args.total_timesteps:
         global_step += args.num_envs
         epsilon = linear_schedule(
@@ -434,23 +443,22 @@ def train(args: Args, obs_dim: int, n_actions: int, run_dir: Path, checkpoint: d
             # Replay ratio in environment steps, whatever the number of envs.
             while updates < (global_step - args.learning_starts) // args.train_frequency:
                 if global_step > refill_end:
-                    loss, q_mean = dqn_update(
+                    metrics = dqn_update(
                         q_network,
                         target_network,
                         optimizer,
                         rb.sample(args.batch_size, sample_gen),
                         args.double_q,
                     )
-                    finite &= torch.isfinite(loss)
+                    finite &= torch.isfinite(metrics["td_loss"])
                 updates += 1
-            if loss is not None and global_step % 100 < args.num_envs:
+            if metrics and global_step % args.log_frequency < args.num_envs:
                 log.stop_unless_finite(bool(finite), global_step, "TD loss")
                 # Gradients of the last update: dqn_update clears them only at the start of the next one.
                 log.scalars(
                     global_step,
                     {
-                        "losses/td_loss": loss.item(),
-                        "losses/q_values": q_mean.item(),
+                        **{f"losses/{k}": v.item() for k, v in metrics.items()},
                         "losses/grad_norm": nn.utils.get_total_norm([p.grad for p in q_network.parameters()]).item(),
                         **{f"grad_norms/{k}": v for k, v in grad_norms(q_network).items()},
                         "charts/learning_rate": lr,
@@ -463,11 +471,12 @@ def train(args: Args, obs_dim: int, n_actions: int, run_dir: Path, checkpoint: d
 
         if global_step // args.eval_frequency > evals or global_step >= args.total_timesteps:
             evals, start = global_step // args.eval_frequency, time.time()
+            # Env i is seeded seed + i: each evaluation takes the next eval_episodes seeds, its own games.
             episodes = evaluate(
                 q_network,
                 args.env_id,
                 args.eval_episodes,
-                args.seed + 100_000 + evals,
+                args.seed + 200_000 + len(log.eval_history) * args.eval_episodes,
                 device,
                 sticky_action_prob=args.sticky_action_prob,
             )
@@ -518,15 +527,9 @@ def evaluate_checkpoint(args: Args, obs_dim: int, n_actions: int) -> dict:
     device = torch.device("cuda" if torch.cuda.is_available() and args.cuda else "cpu")
     checkpoint = load_checkpoint(args.eval_checkpoint, "--eval-checkpoint")
     q_network = QNetwork(obs_dim, n_actions, args.hidden_size).to(device)
-    try:
-        q_network.load_state_dict(checkpoint["q_network"])
-    except RuntimeError:  # other layer sizes: another --hidden-size, or another env's obs/action sizes
-        trained = checkpoint["args"]
-        fail(
-            f"--eval-checkpoint {args.eval_checkpoint} does not fit the network of --env-id {args.env_id} "
-            f"--hidden-size {args.hidden_size}; pass --env-id {trained['env_id']} "
-            f"--hidden-size {trained['hidden_size']} as in training"
-        )
+    load_weights(
+        q_network, checkpoint, "q_network", "--eval-checkpoint", args.eval_checkpoint, args, ("env_id", "hidden_size")
+    )
     log = RunLog(new_run_dir(args), args, SummaryWriter, checkpoint["global_step"], env_settings(args))
     start = time.time()
     final = final_evaluation(q_network, args.env_id, args, device, log.video_dir)
@@ -577,6 +580,7 @@ def check_args(args: Args) -> tuple:
         "batch_size",
         "train_frequency",
         "target_network_frequency",
+        "log_frequency",
         "eval_frequency",
         "eval_episodes",
         "final_eval_episodes",
@@ -762,10 +766,36 @@ def load_checkpoint(path: str, flag: str) -> dict:
     return checkpoint
 
 
+def load_weights(module, checkpoint: dict, key: str, flag: str, path: str, args, flags=("env_id",)) -> None:
+    """checkpoint[key] into `module`, or one line naming the weights that do not fit and why: the flags that
+    size the network (`flags`) differ from the checkpoint's, or else the network code itself differs."""
+    try:
+        module.load_state_dict(checkpoint[key])
+    except RuntimeError:
+        here, saved = ({k: tuple(v.shape) for k, v in s.items()} for s in (module.state_dict(), checkpoint[key]))
+        keys = [k for k in sorted(here.keys() | saved.keys()) if here.get(k) != saved.get(k)]
+        diff = "; ".join(f"{k}: {saved.get(k, 'absent')} saved, {here.get(k, 'absent')} here" for k in keys[:3])
+        trained = checkpoint["args"]
+        other = [f"--{f.replace('_', '-')} {trained[f]}" for f in flags if trained.get(f) != getattr(args, f)]
+        fix = (
+            f"pass {' '.join(other)} as in training"
+            if other
+            else "the network code differs from the code that wrote it; load it with that code"
+        )
+        fail(f"{flag} {path} does not fit this network ({len(keys)} weights differ: {diff}); {fix}")
+
+
 def new_run_dir(args) -> Path:
+    """runs/<run-name>, which must not exist: a finished run, a killed one or one another process is writing
+    now is never written into (--resume is the way back in). mkdir is atomic: of two processes started with
+    the same name, exactly one runs."""
     run_name = args.run_name or f"{args.env_id.replace('/', '-')}__{Path(SCRIPT).stem}__{args.seed}__{int(time.time())}"
     run_dir = Path("runs") / run_name
-    run_dir.mkdir(parents=True, exist_ok=True)
+    run_dir.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        run_dir.mkdir()
+    except FileExistsError:
+        fail(f"{run_dir} already exists; pass another --run-name, or --resume {run_dir} to continue that run")
     return run_dir
 
 

@@ -44,13 +44,6 @@ import numpy as np  # noqa: E402
 import tyro  # noqa: E402
 
 TOOL = Path(__file__).name
-FAMILIES = {
-    "dqn_cartpole.py": "cartpole",
-    "dqn_atari.py": "atari",
-    "a2c_atari.py": "atari",
-    "ppo_minatar_jax.py": "minatar",
-    "ppo_minatar_cnn_jax.py": "minatar",
-}
 DEFAULT_EPISODES = {"cartpole": 100, "atari": 30, "minatar": 1000}
 MINATAR_CHANNELS = {  # gymnax's channel order (the docstrings of gymnax/environments/minatar/*.py)
     "Asterix-MinAtar": ["player", "enemy", "trail", "gold"],
@@ -115,12 +108,9 @@ class Ticker:
 
 
 # ==== Loading ====
-def checkpoint_name(script: str) -> str:
-    return Path(script).stem + (".msgpack" if FAMILIES[script] == "minatar" else ".pt")
-
-
 def find_checkpoint(run_dir: Path) -> tuple:
-    """(script, checkpoint path) of a run: the script from summary.json, else from the checkpoint's name."""
+    """(script, checkpoint path) of a run of any script, a modified copy included: the script named by
+    summary.json, else by the checkpoint's name (--save-model writes <script stem>.pt or .msgpack)."""
     if not run_dir.is_dir():
         fail(f"run directory {run_dir} does not exist; pass runs/<run-name> of a run trained with --save-model")
     script = None
@@ -128,11 +118,11 @@ def find_checkpoint(run_dir: Path) -> tuple:
         script = json.loads((run_dir / "summary.json").read_text()).get("script")
     except (OSError, ValueError, AttributeError):
         pass  # no summary (a run still training): the checkpoint's name tells the script
-    found = [s for s in FAMILIES if script in (None, s) and (run_dir / checkpoint_name(s)).is_file()]
+    found = sorted(p for p in run_dir.glob("*") if p.suffix in (".pt", ".msgpack") and script in (None, p.stem + ".py"))
     if not found:
-        names = checkpoint_name(script) if script in FAMILIES else " or ".join(map(checkpoint_name, FAMILIES))
+        names = f"{Path(script).stem}.pt or .msgpack" if script else "<script>.pt or <script>.msgpack"
         fail(f"no checkpoint in {run_dir} (looked for {names}); train the run with --save-model")
-    return found[0], run_dir / checkpoint_name(found[0])
+    return found[0].stem + ".py", found[0]
 
 
 def check_script(path: Path, checkpoint: dict, script: str) -> None:
@@ -200,27 +190,28 @@ def load_torch_agent(script: str, module, path: Path, seed: int) -> Agent:
             "pass a run trained with --save-model"
         )
     check_script(path, checkpoint, script)
-    if script == "dqn_cartpole.py":
-        if not args.env_id.startswith("CartPole"):
-            fail(f"{TOOL} draws CartPole only, not {args.env_id}; inspect a CartPole run")
-        net, weights = module.QNetwork(4, 2, args.hidden_size), "q_network"
-        names, epsilon = ["push left", "push right"], 0.0
+    # What the checkpoint holds says the kind of agent (actor-critic "agent" or DQN "q_network") and its
+    # env id the family, so that a modified copy of a script loads as its original does.
+    family = "cartpole" if args.env_id.startswith("CartPole") else "atari"
+    weights = "agent" if "agent" in checkpoint else "q_network"
+    epsilon = getattr(args, "eval_epsilon", 0.0)
+    if family == "cartpole":
+        if not hasattr(module, "QNetwork"):
+            fail(f"{TOOL} draws CartPole for DQN only; {script} has no QNetwork")
+        net, names = module.QNetwork(4, 2, args.hidden_size), ["push left", "push right"]
     else:
         from ale_py.env import AtariEnv
 
         game = module.game_name(args.env_id)
         names = AtariEnv(game=game).get_action_meanings()  # the minimal action set, as AtariVectorEnv's
-        if script == "dqn_atari.py":
-            net, weights, epsilon = module.QNetwork(len(names)), "q_network", args.eval_epsilon
-        else:
-            net, weights = module.ActorCritic(len(names)), "agent"
+        net = (module.ActorCritic if weights == "agent" else module.QNetwork)(len(names))
     try:
         net.load_state_dict(checkpoint[weights])
     except (KeyError, RuntimeError) as e:
         fail(f"{path} does not hold {script}'s network ({type(e).__name__}); pass a run trained with --save-model")
     net.eval()
     device = torch.device("cpu")
-    if script == "a2c_atari.py":
+    if weights == "agent":
         head = lambda x: net(x)  # noqa: E731 - (logits, values)
         generator = torch.Generator().manual_seed(seed)
 
@@ -235,7 +226,7 @@ def load_torch_agent(script: str, module, path: Path, seed: int) -> Agent:
 
         rng = np.random.default_rng(seed)
         choose = lambda obs: module.select_actions(net, obs, epsilon, rng, len(names), device)  # noqa: E731
-    kind = "probabilities" if script == "a2c_atari.py" else "q_values"
+    kind = "probabilities" if weights == "agent" else "q_values"
 
     def outputs(obs):
         with torch.no_grad():
@@ -244,7 +235,7 @@ def load_torch_agent(script: str, module, path: Path, seed: int) -> Agent:
 
     return Agent(
         script,
-        FAMILIES[script],
+        family,
         module,
         args,
         kind,
@@ -305,8 +296,10 @@ def load_jax_agent(script: str, module, path: Path, seed: int) -> Agent:
 
 
 def load_agent(script: str, path: Path, seed: int) -> Agent:
+    if not (Path(__file__).parent / script).is_file():
+        fail(f"{path} was written by {script}, which is not beside {TOOL}; put the script in {Path(__file__).parent}")
     module = importlib.import_module(Path(script).stem)  # the scripts sit beside this file, on sys.path[0]
-    load = load_jax_agent if FAMILIES[script] == "minatar" else load_torch_agent
+    load = load_jax_agent if path.suffix == ".msgpack" else load_torch_agent
     return load(script, module, path, seed)
 
 

@@ -18,6 +18,11 @@ Gymnax 1.0 auto-resets: the observation returned by a step that ends an episode 
 the next episode, and `info["final_observation"]` holds the real next state. Truncated episodes
 (time limit: 1000 steps, Freeway 2500) bootstrap from the value of that state; terminated ones
 bootstrap from zero. Checkpoints hold the whole training state, environments included: resuming is exact.
+
+To change the network, touch torso, PolicyNet, ValueNet, make_networks (and NETWORK_FLAGS, the flags that
+size it); the loss: gae, ppo_loss; the rollout: Transition, rollout. ppo_loss's metrics dict is logged whole
+(losses/<key>), so a new metric is one line there.
+Tests follow a copy: pytest tests/test_ppo_minatar.py --script <copy>.
 """
 
 import dataclasses
@@ -158,6 +163,10 @@ class ValueNet(nn.Module):
 
 def make_networks(args: Args, n_actions: int):
     return PolicyNet(n_actions, tuple(args.hidden_sizes)), ValueNet(tuple(args.hidden_sizes))
+
+
+# The Args fields that shape the network: --eval-checkpoint takes them from the checkpoint, as --resume does.
+NETWORK_FLAGS = ("hidden_sizes",)
 
 
 class ActorCritic(NamedTuple):
@@ -335,9 +344,6 @@ def epoch_minibatches(key, batch_size: int, epochs: int, num_minibatches: int):
     return jnp.stack(perms).reshape(epochs, num_minibatches, -1)
 
 
-LOSS_METRICS = ("policy_loss", "value_loss", "entropy", "approx_kl", "clipfrac", "explained_variance")
-
-
 def make_train(args: Args, env, env_params, net: ActorCritic):
     """Builds (init, train_chunk) for ONE agent; vmap them over agents.
 
@@ -407,13 +413,19 @@ def make_train(args: Args, env, env_params, net: ActorCritic):
             (runner.params, runner.opt_state, lr),
             epoch_minibatches(k_epochs, batch_size, args.update_epochs, args.num_minibatches),
         )
-        metrics = jax.tree.map(jnp.mean, metrics)
+        # Every entry of `losses` (ppo_loss's metrics, gradient norms) is logged as losses/<key>.
+        losses = jax.tree.map(jnp.mean, metrics)
         var_y = jnp.var(returns)
-        metrics["explained_variance"] = jnp.where(var_y > 0, 1 - jnp.var(returns - traj.value) / var_y, 0.0)
-        metrics["learning_rate"] = lr
-        metrics["ep_return_sum"], metrics["ep_length_sum"], metrics["episodes"] = ep_stats
+        losses["explained_variance"] = jnp.where(var_y > 0, 1 - jnp.var(returns - traj.value) / var_y, 0.0)
+        ep_return_sum, ep_length_sum, episodes = ep_stats
         runner = RunnerState(params, opt_state, env_state, obs, key, ep_return, ep_length, runner.update + 1)
-        return runner, metrics
+        return runner, {
+            "losses": losses,
+            "learning_rate": lr,
+            "ep_return_sum": ep_return_sum,
+            "ep_length_sum": ep_length_sum,
+            "episodes": episodes,
+        }
 
     def train_chunk(runner: RunnerState, n_updates):
         """n_updates updates (a traced count: one compile serves chunks of any length)."""
@@ -507,21 +519,22 @@ def train(
     eval_keys = jnp.stack([jax.random.fold_in(jax.random.PRNGKey(a.seed), 100_000) for a, _ in runs])
     global_step, log_states = 0, [None] * len(runs)
     if checkpoint is not None:
-        runner = restore(checkpoint["runner"], runner, "--resume", args.resume)
+        runner = restore(checkpoint["runner"], runner, "--resume", args.resume, json.loads(checkpoint["args"]), args)
         global_step, log_states = int(checkpoint["global_step"]), json.loads(checkpoint["log"])
     logs = [
         RunLog(run_dir, a, ScalarWriter, num_updates * batch, env_settings(a), state)
         for (a, run_dir), state in zip(runs, log_states)
     ]
-    n_params = {name: param_count(jax.tree.map(lambda x: x[0], runner.params[name])) for name in ("actor", "critic")}
+    # Per top-level group of parameters, whatever the network has ({"actor", "critic"} here).
+    n_params = {name: param_count(jax.tree.map(lambda x: x[0], group)) for name, group in runner.params.items()}
     print(
-        f"[{SCRIPT}] {args.env_id} on {device}: {len(runs)} agent(s), policy {n_params['actor']:,} "
-        f"and value {n_params['critic']:,} parameters, {env.action_space(env_params).n} actions",
+        f"[{SCRIPT}] {args.env_id} on {device}: {len(runs)} agent(s), parameters "
+        f"{', '.join(f'{k} {v:,}' for k, v in n_params.items())}; {env.action_space(env_params).n} actions",
         flush=True,
     )
     for log in logs if global_step == 0 else []:  # logged once, at step 0 (not again by a resumed run)
-        log.writer.add_scalar("charts/policy_parameters", n_params["actor"], 0)
-        log.writer.add_scalar("charts/value_parameters", n_params["critic"], 0)
+        for name, count in n_params.items():
+            log.writer.add_scalar(f"charts/parameters/{name}", count, 0)
     # Donated: the old runner's buffers are reused in place instead of copied each chunk.
     chunk_fn = jax.jit(jax.vmap(train_chunk, in_axes=(0, None)), donate_argnums=0)
     evaluate_all = make_evaluate(net, env, env_params)
@@ -537,7 +550,7 @@ def train(
         sums = jax.device_get(sums)  # the chunk's one read from the device: its metrics and finite flags
         global_step += n * batch
         for i, log in enumerate(logs):
-            s = {k: float(v[i]) for k, v in sums.items()}
+            s = jax.tree.map(lambda v, i=i: float(v[i]), sums)
             log.stop_unless_finite(bool(s["finite"]), global_step, "loss or parameters")
             if s["episodes"] > 0:
                 log.episode(global_step, s["ep_return_sum"] / s["episodes"], s["ep_length_sum"] / s["episodes"])
@@ -545,7 +558,7 @@ def train(
                 global_step,
                 {
                     "charts/learning_rate": s["learning_rate"] / n,
-                    **{f"losses/{k}": v / n for k, v in s.items() if k in LOSS_METRICS or k.startswith("grad_norm/")},
+                    **{f"losses/{k}": v / n for k, v in s["losses"].items()},
                 },
             )
         if (done + n) % updates_per_eval == 0 or done + n == num_updates:
@@ -589,9 +602,8 @@ def train(
     return summaries
 
 
-def evaluate_checkpoint(args: Args, env, env_params, net: ActorCritic, device: str) -> dict:
+def evaluate_checkpoint(args: Args, env, env_params, net: ActorCritic, device: str, checkpoint: dict) -> dict:
     """--eval-checkpoint: the final evaluations (sampled and greedy actions) of a saved agent, as a run of its own."""
-    checkpoint = read_checkpoint(args.eval_checkpoint, "--eval-checkpoint")
     saved, step = checkpoint["runner"]["params"], int(checkpoint["global_step"])
     if "run_names" in checkpoint:  # a periodic checkpoint holds every agent of its batch: --seed picks one
         i = args.seed - json.loads(checkpoint["args"])["seed"] if len(checkpoint["run_names"]) > 1 else 0
@@ -599,7 +611,7 @@ def evaluate_checkpoint(args: Args, env, env_params, net: ActorCritic, device: s
             fail(f"--eval-checkpoint {args.eval_checkpoint} holds the agents of other seeds; pass the --seed of one")
         saved = jax.tree.map(lambda x: x[i], saved)
     template = net.init(jax.random.PRNGKey(0), jnp.zeros((1, *env.observation_space(env_params).shape)))
-    params = restore(saved, template, "--eval-checkpoint", args.eval_checkpoint)
+    params = restore(saved, template, "--eval-checkpoint", args.eval_checkpoint, json.loads(checkpoint["args"]), args)
     log = RunLog(new_run_dir(args), args, ScalarWriter, step, env_settings(args))
     start, keys = time.time(), jax.random.fold_in(jax.random.PRNGKey(args.seed), 100_000)[None]
     (sampled,), (greedy,) = (
@@ -634,11 +646,15 @@ def main(args: Args) -> list:
             )
         args = dataclasses.replace(Args(**json.loads(checkpoint["args"])), resume=args.resume)
     check_args(args)
+    if args.eval_checkpoint is not None:  # the network as trained, whatever the network flags given
+        checkpoint = read_checkpoint(args.eval_checkpoint, "--eval-checkpoint")
+        trained = json.loads(checkpoint["args"])
+        args = dataclasses.replace(args, **{f: trained[f] for f in NETWORK_FLAGS if f in trained})
     device = select_platform(args.cuda)
     env, env_params = make_env(args.env_id, args.sticky_action_prob)
     net = ActorCritic(*make_networks(args, env.action_space(env_params).n))
     if args.eval_checkpoint is not None:  # one agent, no rollout: no memory check
-        return [evaluate_checkpoint(args, env, env_params, net, device)]
+        return [evaluate_checkpoint(args, env, env_params, net, device, checkpoint)]
     obs_bytes = int(np.prod(env.observation_space(env_params).shape)) * 4
     stats = jax.devices()[0].memory_stats() if device != "cpu" else None
     free = (
@@ -800,9 +816,16 @@ def resume_path(run_dir: str) -> str:
 
 
 def new_run_dir(args) -> Path:
+    """runs/<run-name>, which must not exist: a finished run, a killed one or one another process is writing
+    now is never written into (--resume is the way back in). mkdir is atomic: of two processes started with
+    the same name, exactly one runs."""
     run_name = args.run_name or f"{args.env_id.replace('/', '-')}__{Path(SCRIPT).stem}__{args.seed}__{int(time.time())}"
     run_dir = Path("runs") / run_name
-    run_dir.mkdir(parents=True, exist_ok=True)
+    run_dir.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        run_dir.mkdir()
+    except FileExistsError:
+        fail(f"{run_dir} already exists; pass another --run-name, or --resume {run_dir} to continue that run")
     return run_dir
 
 
@@ -984,10 +1007,14 @@ def seed_runs(args: Args, checkpoint: dict | None = None) -> list:
     else:
         prefix = args.run_name or f"{args.env_id}__{Path(SCRIPT).stem}"
         stamp = "" if args.run_name else f"__{int(time.time())}"  # one for the whole batch
-        dirs = [
-            new_run_dir(dataclasses.replace(args, run_name=f"{prefix}__{args.seed + i}{stamp}"))
-            for i in range(args.num_seeds)
-        ]
+        dirs = []
+        try:
+            for i in range(args.num_seeds):
+                dirs.append(new_run_dir(dataclasses.replace(args, run_name=f"{prefix}__{args.seed + i}{stamp}")))
+        except SystemExit:  # one name of the batch is taken: leave no directory of the others behind
+            for run_dir in dirs:
+                run_dir.rmdir()
+            raise
     return [(dataclasses.replace(args, seed=args.seed + i), run_dir) for i, run_dir in enumerate(dirs)]
 
 
@@ -1108,17 +1135,28 @@ def read_checkpoint(path: str, flag: str) -> dict:
     return state
 
 
-def restore(saved: dict, template, flag: str, path: str):
-    """`saved` (a state dict) in the structure of a freshly built `template`, or a one-line error (exit 2)."""
-    try:  # from_state_dict checks names, not shapes (classic bug: other layer sizes load without a word)
-        fits = jax.tree.map(np.shape, saved) == jax.tree.map(np.shape, flax.serialization.to_state_dict(template))
-    except Exception:  # noqa: BLE001 - another structure altogether
-        fits = False
-    if not fits:
-        fail(
-            f"{flag} {path} was written with other settings; pass the --env-id and network flags of the run "
-            "that wrote it"
+def restore(saved: dict, template, flag: str, path: str, trained: dict, args):
+    """`saved` (a state dict) in the structure of a freshly built `template`, or one line naming the entries that
+    do not fit and why (exit 2). from_state_dict checks names, not shapes (classic bug: other layer sizes load
+    without a word), so shapes are compared here."""
+    here = flax.traverse_util.flatten_dict(flax.serialization.to_state_dict(template), sep="/")
+    try:
+        there = flax.traverse_util.flatten_dict(saved, sep="/")
+    except Exception:  # noqa: BLE001 - not a tree at all
+        there = {}
+    shape = {k: np.shape(v) for k, v in there.items()}
+    keys = [k for k in sorted(here.keys() | there.keys()) if k not in here or shape.get(k) != np.shape(here[k])]
+    if keys:
+        diff = "; ".join(
+            f"{k}: {shape.get(k, 'absent')} saved, {np.shape(here[k]) if k in here else 'absent'} here"
+            for k in keys[:3]
         )
+        fix = (
+            f"pass --env-id {trained['env_id']} as in training"
+            if trained.get("env_id") != args.env_id
+            else "the network code differs from the code that wrote it; load it with that code"
+        )
+        fail(f"{flag} {path} does not fit this code ({len(keys)} entries differ: {diff}); {fix}")
     # Into copies of the template's arrays, whose exact types (gymnax leaves some weak) make the resumed
     # run compile to the program that the saved run ran.
     restored = flax.serialization.from_state_dict(template, saved)

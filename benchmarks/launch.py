@@ -93,15 +93,23 @@ class Launch:
         }
 
 
+RUN_ENV = {"PYTHONUNBUFFERED": "1", "MPLBACKEND": "Agg"}
+
+
+def thread_env(threads: int) -> dict:
+    """The variables that hold a run's numeric libraries to `threads` threads (a user's own values win)."""
+    env = {var: str(threads) for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")}
+    if threads == 1:
+        env["XLA_FLAGS"] = "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
+    return env
+
+
 def child_env(workers: int) -> dict:
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "MPLBACKEND": "Agg"}
-    threads = max(1, (os.cpu_count() or 1) // workers)
+    env = {**os.environ, **RUN_ENV}
     if workers > 1:
         # Runs side by side share the cores instead of each spawning one thread per core.
-        for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
-            env.setdefault(var, str(threads))
-        if threads == 1 and "XLA_FLAGS" not in env:
-            env["XLA_FLAGS"] = "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
+        for var, value in thread_env(max(1, (os.cpu_count() or 1) // workers)).items():
+            env.setdefault(var, value)
     return env
 
 

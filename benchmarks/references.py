@@ -5,6 +5,8 @@ import tomllib
 from pathlib import Path
 
 REFERENCES_FILE = Path(__file__).resolve().parent / "reference_scores.toml"
+# Human-normalized scores use the Nature DQN table unless a suite names another (`normalizer`).
+DEFAULT_NORMALIZER = "normalizers.atari"
 
 
 def load_references(path: Path = REFERENCES_FILE) -> dict:
@@ -37,20 +39,31 @@ def find_reference(references: dict, script: str, env_id: str):
     """The published score for this script on this env (dict with the table's source, protocol,
     budget and rule merged in), or None."""
     family, key = env_family(env_id)
-    for table_id, table in references.get("tables", {}).items():
-        if script in table.get("scripts", []) and table.get("family") == family and key in table["scores"]:
+    # `tables` first; the complete Atari-57 tables (`atari57`) for the games those lack.
+    for table_id, table in [*references.get("tables", {}).items(), *references.get("atari57", {}).items()]:
+        if (
+            script in table.get("scripts", [])
+            and table.get("family") == family
+            and "score" in table["scores"].get(key, {})
+        ):
             entry = dict(table["scores"][key])
             meta = {k: v for k, v in table.items() if k != "scores"}
             return {**meta, **entry, "table": table_id, "key": key}
     return None
 
 
-def find_normalizer(references: dict, env_id: str):
+def normalizer_table(references: dict, name: str = DEFAULT_NORMALIZER) -> dict:
+    """The table of random and human scores that `name` ("<section>.<table>", a suite's `normalizer`) names."""
+    section, _, table_id = name.partition(".")
+    return references.get(section, {}).get(table_id, {})
+
+
+def find_normalizer(references: dict, env_id: str, name: str = DEFAULT_NORMALIZER):
     """(random, human, normalizer table) for an Atari game, or None."""
     family, key = env_family(env_id)
     if family != "atari":
         return None
-    table = references.get("normalizers", {}).get("atari", {})
+    table = normalizer_table(references, name)
     entry = table.get("scores", {}).get(key)
     if entry is None:
         return None

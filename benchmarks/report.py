@@ -161,7 +161,9 @@ def header_section(results: dict, comparison) -> list:
     return [
         f"# Benchmark report: suite `{meta['suite']}`",
         "",
-        f"- created {meta['created']} on {meta['host']}; {meta['workers']} worker(s); git {meta.get('git') or 'n/a'}",
+        f"- created {meta['created']} on {meta['host']}; {meta['workers']} worker(s)"
+        + (f" on {meta['launcher']}" if meta.get("launcher") else "")
+        + f"; git {meta.get('git') or 'n/a'}",
         f"- command: `{meta['command']}`",
         *planted,
         f"- {len(runs)} runs: {len(runs) - n_failed} ok, {n_failed} failed" + flagged,
@@ -214,7 +216,13 @@ def script_section(script: str, results: dict, plots: dict, ref_ids: dict) -> li
             lines += [
                 "",
                 f"All games: {agg['metric']}: **{fmt_ci(agg['value'], agg['ci'], 2)}** "
-                f"({agg['games']} games, {agg['runs']} runs, stratified bootstrap).",
+                f"({agg['games']} games, {agg['runs']} runs, stratified bootstrap)"
+                + (
+                    f"; median {fmt_ci(agg['median'], agg['median_ci'], 2)} and mean "
+                    f"{fmt_ci(agg['mean'], agg['mean_ci'], 2)} over games of each game's mean."
+                    if "median" in agg
+                    else "."
+                ),
             ]
     lines.append("")
     for row in srows:

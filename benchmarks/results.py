@@ -8,16 +8,18 @@ from itertools import combinations
 from pathlib import Path
 
 import numpy as np
-from references import env_family, find_normalizer, find_reference
+from references import DEFAULT_NORMALIZER, env_family, find_normalizer, find_reference, normalizer_table
 from stats import (
     bootstrap_ci,
     bootstrap_diff_ci,
+    bootstrap_task_means_ci,
     human_normalized,
     iqm,
     performance_profile,
     performance_profile_bands,
     probability_of_improvement,
     probability_of_improvement_ci,
+    task_means,
 )
 
 RESULTS_VERSION = 1
@@ -69,6 +71,8 @@ def record_problem(record, spec: dict, out: Path):
     """Why the harness's record of a launch makes it a failed run, or None."""
     if record is None:
         return None
+    if record.get("reason"):  # the launcher's own (e.g. Slurm's TIMEOUT or CANCELLED, see cluster.py)
+        return record["reason"]
     if record.get("missing_script"):
         return f"script not found: {spec.get('script_path')}"
     if record.get("interrupted"):
@@ -177,20 +181,28 @@ EXCEPTION_LINE = re.compile(r"^([A-Za-z_][\w.]*(Error|Exception|Exit|Interrupt)\
 
 
 # ==== Aggregation ====
-def build_results(plan: list, records, out: Path, references: dict, meta: dict, plant_drop: float = 0.0) -> dict:
+def build_results(
+    plan: list,
+    records,
+    out: Path,
+    references: dict,
+    meta: dict,
+    plant_drop: float = 0.0,
+    normalizer: str = DEFAULT_NORMALIZER,
+) -> dict:
     runs = [collect_run(spec, out, records.get(spec["run_name"]) if records is not None else None) for spec in plan]
     for r in runs:
         if r["status"] == "ok" and plant_drop:
             # A drop is a decrease whatever the sign of the score (Pong's are negative early on).
             r["score"] -= plant_drop * abs(r["score"])
-    results = {"version": RESULTS_VERSION, "meta": meta, "runs": runs, **aggregate(runs, references)}
-    norm = references.get("normalizers", {}).get("atari")
+    results = {"version": RESULTS_VERSION, "meta": meta, "runs": runs, **aggregate(runs, references, normalizer)}
+    norm = normalizer_table(references, normalizer)
     if norm:
         results["normalizer"] = {k: v for k, v in norm.items() if k != "scores"}
     return results
 
 
-def aggregate_row(script: str, env_id: str, group: list, references: dict) -> dict:
+def aggregate_row(script: str, env_id: str, group: list, references: dict, normalizer: str) -> dict:
     """One (script, env): its seeds' scores with mean and IQM and their CIs, HNS on Atari, verdict."""
     ok = sorted((r for r in group if r["status"] == "ok"), key=lambda r: r["seed"])
     row = {
@@ -217,7 +229,7 @@ def aggregate_row(script: str, env_id: str, group: list, references: dict) -> di
             sps_all=[r["sps"] for r in ok],
             wall_time_s=float(np.mean([r["wall_time_s"] for r in ok])),
         )
-        norm = find_normalizer(references, env_id)
+        norm = find_normalizer(references, env_id, normalizer)
         if norm is not None:
             rnd, hum, _ = norm
             hns = human_normalized(scores, rnd, hum)
@@ -228,28 +240,35 @@ def aggregate_row(script: str, env_id: str, group: list, references: dict) -> di
     return row
 
 
-def aggregate(runs: list, references: dict) -> dict:
+def aggregate(runs: list, references: dict, normalizer: str = DEFAULT_NORMALIZER) -> dict:
     """Per-(script, env) rows; per script, the Atari HNS aggregate and the performance profile; per
     pair of scripts that ran the same envs, the probability of improvement."""
     groups = {}
     for r in runs:
         groups.setdefault((r["script"], r["env_id"]), []).append(r)
     rows = sorted(
-        (aggregate_row(script, env_id, group, references) for (script, env_id), group in groups.items()),
+        (aggregate_row(script, env_id, group, references, normalizer) for (script, env_id), group in groups.items()),
         key=lambda r: (r["script"], r["env_id"]),
     )
     aggregates = []
     for script in sorted({r["script"] for r in rows}):
         per_game = [np.array(r["hns"]["scores"]) for r in rows if r["script"] == script and "hns" in r]
         if per_game:
+            pooled = np.concatenate(per_game)
             aggregates.append(
                 {
                     "script": script,
                     "metric": "IQM of human-normalized score over games x seeds",
                     "games": len(per_game),
-                    "runs": int(sum(len(g) for g in per_game)),
-                    "value": float(iqm(np.concatenate(per_game))),
+                    "runs": len(pooled),
+                    "value": float(iqm(pooled)),
                     "ci": bootstrap_ci(per_game, iqm),
+                    # Beside the IQM, the median and mean over games of each game's mean over seeds, as Atari
+                    # papers print them (rliable's aggregate_median / aggregate_mean), with stratified CIs.
+                    "median": float(np.median(task_means(per_game))),
+                    "median_ci": bootstrap_task_means_ci(per_game, np.median),
+                    "mean": float(np.mean(task_means(per_game))),
+                    "mean_ci": bootstrap_task_means_ci(per_game, np.mean),
                 }
             )
     return {

@@ -5,6 +5,8 @@
     python benchmarks/run.py --suite quick --compare quick  # regression check against that baseline
     python benchmarks/run.py --suite full --dry-run         # list the runs and their commands
     python benchmarks/run.py --report-only --out DIR        # re-aggregate finished runs in DIR
+    python benchmarks/run.py --suite smoke --launcher slurm # one sbatch job array; returns with its job id
+    python benchmarks/run.py --out DIR --wait               # follow it; then the same report (docs/cluster.md)
 
 Every run goes through the script's own CLI, in a subprocess whose working directory is the output
 folder, so the script writes `DIR/runs/<run-name>/` (summary.json + TensorBoard events) as it
@@ -25,7 +27,7 @@ failed run: it is listed with its reason and log, the report is still written, t
 `results.compare_results`). Exit code 2: bad harness input.
 
 This file is the command; the parts live beside it: launch.py (subprocesses and progress),
-results.py (collecting, aggregating, the regression check), stats.py (the statistics),
+cluster.py (the Slurm launcher: the plan as one job array, followed with --wait), results.py (collecting, aggregating, the regression check), stats.py (the statistics),
 references.py (published scores), report.py (report.md and plots).
 """
 
@@ -41,8 +43,9 @@ import time
 import tomllib
 from pathlib import Path
 
+import cluster
 from launch import command_for, run_plan
-from references import env_family, load_references
+from references import DEFAULT_NORMALIZER, env_family, load_references, normalizer_table
 from report import fmt_ci, render_report, write_plots
 from results import build_results, compare_results, improvement_over_baseline, profiles
 
@@ -241,27 +244,93 @@ def parse_args(argv=None):
         "--compare: shows whether the baseline's spread lets the check catch such a drop)",
     )
     p.add_argument("--progress-every", type=float, default=15.0, help="seconds between progress lines")
+    slurm = p.add_argument_group("Slurm (docs/cluster.md)")
+    slurm.add_argument(
+        "--launcher",
+        choices=["local", "slurm"],
+        default="local",
+        help="local: subprocesses on this machine; slurm: submit the plan as one sbatch job array and return "
+        "(running it again submits only the runs that are neither finished ok nor queued)",
+    )
+    slurm.add_argument("--partition", help="Slurm partition (default: the cluster's)")
+    slurm.add_argument("--gpus-per-run", type=int, metavar="N", help="GPUs per run (--gres=gpu:N)")
+    slurm.add_argument("--cpus-per-run", type=int, metavar="C", help="CPUs per run (default 1); also its thread count")
+    slurm.add_argument("--mem", help="memory per run, as sbatch's --mem takes it (e.g. 16G)")
+    slurm.add_argument(
+        "--requeue",
+        action="store_true",
+        help="let Slurm requeue preempted runs; a requeued run continues from its checkpoint (--resume)",
+    )
+    slurm.add_argument(
+        "--wait", action="store_true", help="follow the Slurm jobs of --out until every run ended, then report"
+    )
+    slurm.add_argument("--poll-every", type=float, default=10.0, help="seconds between Slurm state queries")
     return p.parse_args(argv)
 
 
-def reload_launch(out: Path, workers: int) -> tuple:
-    """--report-only: (plan, records, suite name, workers) of the earlier launch in `out`."""
+def check_slurm_args(args) -> None:
+    given = [
+        f"--{k.replace('_', '-')}" for k in ("partition", "gpus_per_run", "cpus_per_run", "mem") if getattr(args, k)
+    ]
+    if args.launcher != "slurm" and (given or args.requeue):
+        fail(f"{' '.join(given + ['--requeue'] * args.requeue)} apply to --launcher slurm only; add --launcher slurm")
+    for flag, value in (("--gpus-per-run", args.gpus_per_run), ("--cpus-per-run", args.cpus_per_run)):
+        if value is not None and value < 1:
+            fail(f"{flag} must be at least 1")
+    if args.poll_every <= 0:
+        fail("--poll-every must be a positive number of seconds")
+
+
+def slurm_options(args, workers: int) -> dict:
+    return {
+        "workers": workers,
+        "partition": args.partition,
+        "gpus": args.gpus_per_run,
+        "cpus": args.cpus_per_run,
+        "mem": args.mem,
+        "requeue": args.requeue,
+    }
+
+
+def reload_launch(out: Path, workers: int, args) -> tuple:
+    """--report-only / --wait: (plan, records, launch) of the earlier launch in `out`; a Slurm launch's
+    records come from its tasks and Slurm's states (followed until every task ended with --wait)."""
+    flag = "--report-only" if args.report_only else "--wait"
     if not out.is_dir():
-        fail(f"--report-only: {out} does not exist; pass the --out folder of an earlier launch")
+        fail(f"{flag}: {out} does not exist; pass the --out folder of an earlier launch")
     plan = plan_from_folder(out)
     if not plan:
-        fail(f"--report-only: no plan.json and no runs/*/summary.json in {out}")
-    records = load_records(out) if (out / "harness").is_dir() else None
+        fail(f"{flag}: no plan.json and no runs/*/summary.json in {out}")
     launched = json.loads((out / "plan.json").read_text()) if (out / "plan.json").is_file() else {}
-    return plan, records, launched.get("suite", "(folder)"), launched.get("workers", workers)
+    launched = {
+        "suite": "(folder)",
+        "workers": workers,
+        "launcher": "local",
+        "normalizer": DEFAULT_NORMALIZER,
+    } | launched
+    if launched["launcher"] == "slurm":
+        records = cluster.follow(plan, out, args.wait, args.poll_every, args.progress_every)
+    elif args.wait:
+        fail(f"--wait: {out} holds no Slurm launch; submit one with --launcher slurm (--wait follows it)")
+    else:
+        records = load_records(out) if (out / "harness").is_dir() else None
+    return plan, records, launched
 
 
-def launch(plan: list, suite_name: str, out: Path, workers: int, progress_every: float) -> dict:
-    """Writes plan.json (for a later --report-only) and runs the plan; returns the records."""
+def write_plan(out: Path, launched: dict, plan: list) -> None:
+    """plan.json: the plan and how it was launched, for a later --report-only or --wait."""
     out.mkdir(parents=True, exist_ok=True)
-    (out / "plan.json").write_text(json.dumps({"suite": suite_name, "workers": workers, "plan": plan}, indent=2))
-    print(f"[bench] suite {suite_name}: {len(plan)} runs, {workers} worker(s), output in {out}", flush=True)
-    return run_plan(plan, out, workers, progress_every)
+    (out / "plan.json").write_text(json.dumps({**launched, "plan": plan}, indent=2))
+
+
+def launch(plan: list, launched: dict, out: Path, progress_every: float) -> dict:
+    """Writes plan.json and runs the plan here; returns the records."""
+    write_plan(out, launched, plan)
+    print(
+        f"[bench] suite {launched['suite']}: {len(plan)} runs, {launched['workers']} worker(s), output in {out}",
+        flush=True,
+    )
+    return run_plan(plan, out, launched["workers"], progress_every)
 
 
 def run_meta(suite_name: str, workers: int, plant_drop: float, argv) -> dict:
@@ -353,31 +422,51 @@ def save_baseline(out: Path, name: str, complete: bool) -> int:
 def main(argv=None) -> int:
     args = parse_args(argv)
     suite = select_suite(args.suite)
+    check_slurm_args(args)
     if args.workers is not None and args.workers < 1:
         fail("--workers must be at least 1")
     workers = args.workers or int(suite.get("workers", 1))
     out = Path(args.out) if args.out else BENCH_DIR / "out" / suite["name"]
     baseline_path = resolve_baseline(args.compare) if args.compare else None
-    if args.report_only:
-        plan, records, suite_name, workers = reload_launch(out, workers)
-    else:
-        plan = plan_runs(suite, args.scripts, args.env_ids, args.seeds, shlex.split(args.extra_args), args.timeout)
-        if args.dry_run:
-            print("\n".join(shlex.join(command_for(spec)) for spec in plan))
-            print(f"{len(plan)} runs, {workers} worker(s), output in {out}")
-            return 0
-        suite_name = suite["name"]
-        records = launch(plan, suite_name, out, workers, args.progress_every)
+    references = load_references()
+    try:
+        if args.report_only or (args.wait and args.launcher == "local"):
+            plan, records, launched = reload_launch(out, workers, args)
+        else:
+            normalizer = suite.get("normalizer", DEFAULT_NORMALIZER)
+            if not normalizer_table(references, normalizer):
+                fail(f"suite {suite['name']}: normalizer {normalizer!r} is no table of reference_scores.toml")
+            plan = plan_runs(suite, args.scripts, args.env_ids, args.seeds, shlex.split(args.extra_args), args.timeout)
+            launched = {"suite": suite["name"], "workers": workers, "launcher": args.launcher, "normalizer": normalizer}
+            if args.dry_run:
+                if args.launcher == "slurm":
+                    print(cluster.batch_script(plan, out.resolve(), suite["name"], slurm_options(args, workers)))
+                else:
+                    print("\n".join(shlex.join(command_for(spec)) for spec in plan))
+                print(f"{len(plan)} runs, {workers} worker(s), output in {out}")
+                return 0
+            if args.launcher == "local":
+                records = launch(plan, launched, out, args.progress_every)
+            else:
+                cluster.submit(plan, suite["name"], out.resolve(), slurm_options(args, workers))
+                write_plan(out, launched, plan)
+                if not args.wait:
+                    return 0
+                records = cluster.follow(plan, out, True, args.poll_every, args.progress_every)
+    except cluster.BadInput as e:
+        fail(str(e))
 
     interrupted = bool(records and records.pop("__interrupted__", False))
-    meta = run_meta(suite_name, workers, args.plant_drop, argv)
-    results = build_results(plan, records, out, load_references(), meta, args.plant_drop)
-    comparison = compare_with_baseline(results, baseline_path, workers) if baseline_path else None
+    meta = run_meta(launched["suite"], launched["workers"], args.plant_drop, argv)
+    if launched["launcher"] == "slurm":
+        meta["launcher"] = cluster.describe(out)
+    results = build_results(plan, records, out, references, meta, args.plant_drop, launched["normalizer"])
+    comparison = compare_with_baseline(results, baseline_path, launched["workers"]) if baseline_path else None
     write_report(out, results, comparison)
     code = max(failures_code(results), regression_code(comparison))
     if args.save_baseline is not None:
         complete = not interrupted and all(r["status"] == "ok" for r in results["runs"])
-        code = max(code, save_baseline(out, args.save_baseline or suite_name, complete))
+        code = max(code, save_baseline(out, args.save_baseline or launched["suite"], complete))
     return 130 if interrupted else code
 
 

@@ -60,6 +60,24 @@ def bootstrap_ci(
     return percentile_interval(statistic(pooled, axis=1), level)
 
 
+def task_means(samples_per_task):
+    """The mean score of each task (along the last axis of each task's array, so resamples keep their axis)."""
+    return np.stack([x.mean(axis=-1) for x in as_tasks(samples_per_task)], axis=-1)
+
+
+def bootstrap_task_means_ci(
+    samples_per_task,
+    statistic=np.median,
+    reps: int = BOOTSTRAP_REPS,
+    level: float = CI_LEVEL,
+    seed: int = BOOTSTRAP_SEED,
+) -> tuple:
+    """Percentile-bootstrap CI of `statistic` over the tasks' mean scores (rliable's median and mean: the
+    median or mean over games of each game's mean over seeds), runs resampled within each task."""
+    resampled = stratified_resamples(samples_per_task, reps, np.random.default_rng(seed))
+    return percentile_interval(statistic(task_means(resampled), axis=-1), level)
+
+
 def bootstrap_diff_ci(
     new, base, statistic=iqm, reps: int = BOOTSTRAP_REPS, level: float = CI_LEVEL, seed: int = BOOTSTRAP_SEED
 ) -> tuple:

@@ -3,6 +3,8 @@
 The run contract (README, "Run contract") is the same for every script, so it is checked in one place.
 """
 
+import importlib
+import importlib.util
 import json
 import os
 import subprocess
@@ -40,11 +42,59 @@ REQUIRED_TAGS = {
 }
 
 
+# ---- The script under test: the one a test file is named after, or a copy of it (--script) ----
+def pytest_addoption(parser):
+    parser.addoption(
+        "--script",
+        metavar="PATH",
+        help="run a script's tests on a modified copy of it: pytest tests/test_dqn_atari.py --script dueling_dqn_atari.py",
+    )
+
+
+SCRIPT_OPTION = None  # --script, set before any test file is imported
+SCRIPT_PATHS = {}  # file name -> path of the scripts loaded by load_script, for run_script
+
+
+def pytest_configure(config):
+    global SCRIPT_OPTION
+    SCRIPT_OPTION = config.getoption("--script")
+
+
+def load_script(default: str, fits=lambda module: True):
+    """(file name, module) of the script a test file checks: the --script copy where one is given and
+    `fits` it (the PPO tests pick the MLP or CNN tests by the copy's Args), else `default` beside tests/."""
+    path = Path(SCRIPT_OPTION).resolve() if SCRIPT_OPTION else None
+    if path is None or path == ROOT / default:
+        return default, importlib.import_module(Path(default).stem)
+    if not path.is_file():
+        pytest.exit(f"--script {SCRIPT_OPTION}: no such file; pass the path of a copy of a script", returncode=2)
+    if path.stem not in sys.modules:  # registered before it runs: dataclasses look a module up by name
+        spec = importlib.util.spec_from_file_location(path.stem, path)
+        sys.modules[path.stem] = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(sys.modules[path.stem])
+    module = sys.modules[path.stem]
+    if not fits(module):
+        return default, importlib.import_module(Path(default).stem)
+    SCRIPT_PATHS[path.name] = path
+    return path.name, module
+
+
+def script_command(script, *args) -> list:
+    return [sys.executable, str(SCRIPT_PATHS.get(script, ROOT / script)), *map(str, args)]
+
+
+def start_script(script, *args, cwd):
+    """`python <script> <args>` started in the background from `cwd`; its stderr is a text pipe."""
+    return subprocess.Popen(
+        script_command(script, *args), cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+    )
+
+
 def run_script(script, *args, cwd, timeout=600, env=None):
     """Run `python <script> <args>` from `cwd` (so runs/ lands there); returns the CompletedProcess."""
     full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
     return subprocess.run(
-        [sys.executable, str(ROOT / script), *map(str, args)],
+        script_command(script, *args),
         cwd=cwd,
         capture_output=True,
         text=True,
@@ -156,6 +206,13 @@ def assert_rejects_checkpoint(evaluate, content, tmp_path, monkeypatch, capsys) 
     assert len(lines) == 1 and "--eval-checkpoint" in lines[0], lines
     assert [p.name for p in tmp_path.iterdir()] == [path.name]
     return lines[0]
+
+
+def weight_layers(network) -> list:
+    """Names of a torch network's layers with weights (Linear, Conv2d), as the scripts' grad_norms key them."""
+    import torch.nn as nn
+
+    return [name for name, m in network.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
 
 
 def assert_layer_grad_norms(run_dir, layers, loss_tag="losses/td_loss"):

@@ -6,6 +6,7 @@ what train() applies (learning rate, seeds), a smoke run, bad input and bad chec
 import copy
 import dataclasses
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -19,13 +20,13 @@ from conftest import (
     assert_rejects_checkpoint,
     bad_torch_checkpoints,
     check_run_contract,
+    load_script,
     read_scalars,
     run_script,
 )
 
-import a2c_atari as A
-
-SCRIPT = "a2c_atari.py"
+SCRIPT, A = load_script("a2c_atari.py")  # or the copy given by --script
+CHECKPOINT = f"{Path(SCRIPT).stem}.pt"  # what --save-model writes
 GAMMA = 0.5  # a small gamma makes every hand-computed case distinguish the alternatives
 
 
@@ -567,7 +568,7 @@ def smoke_run(tmp_path_factory):
         "smoke",
         "--save-model",
         "--log-frequency",
-        10,
+        10 * SMOKE_ENVS * A.Args.num_steps,  # every 10 updates
         "--eval-frequency",
         300,
         "--eval-episodes",
@@ -609,7 +610,7 @@ def test_smoke_run_on_breakout_and_checkpoint_eval(smoke_run, workdir):
         assert lr == pytest.approx(7e-4 * (1 - (step // batch - 1) / n), rel=1e-6), step
     entropy = scalars["losses/entropy"][0][1]
     assert 1.3 < entropy <= np.log(4) + 1e-6  # near-uniform initial policy over Breakout's 4 actions
-    checkpoint = torch.load(run_dir / "a2c_atari.pt", weights_only=True)
+    checkpoint = torch.load(run_dir / CHECKPOINT, weights_only=True)
     # The optimizer was built once: after 60 updates the squared averages have decayed below the
     # single-step minimum alpha * 1 (which is all a rebuilt-every-update optimizer would ever show).
     square_avg = [s["square_avg"] for s in checkpoint["optimizer"]["state"].values()]
@@ -624,7 +625,7 @@ def test_smoke_run_on_breakout_and_checkpoint_eval(smoke_run, workdir):
         "--run-name",
         "evalrun",
         "--eval-checkpoint",
-        run_dir / "a2c_atari.pt",
+        run_dir / CHECKPOINT,
         "--final-eval-episodes",
         2,
         "--eval-max-frames",
@@ -647,7 +648,7 @@ BAD_CHECKPOINTS = {
 
 @pytest.mark.parametrize("name", BAD_CHECKPOINTS)
 def test_eval_checkpoint_rejects_other_files(smoke_run, tmp_path, monkeypatch, capsys, name):
-    content = BAD_CHECKPOINTS[name](smoke_run / "a2c_atari.pt")
+    content = BAD_CHECKPOINTS[name](smoke_run / CHECKPOINT)
     env_id = "PongNoFrameskip-v4" if name == "other_game" else "BreakoutNoFrameskip-v4"
     line = assert_rejects_checkpoint(
         lambda path: A.main(
@@ -686,7 +687,7 @@ TINY = dict(
     num_envs=2,
     num_steps=5,
     cuda=False,
-    log_frequency=5,
+    log_frequency=50,  # environment steps: every 5 updates
     eval_frequency=100,
     eval_episodes=1,
     final_eval_episodes=1,
@@ -706,7 +707,7 @@ CLI_TINY = [
     "--eval-max-frames",
     400,
     "--log-frequency",
-    5,
+    50,
     "--no-cuda",
 ]
 
@@ -768,7 +769,7 @@ def test_resume_refuses_what_it_cannot_continue(workdir, smoke_run):
     assert_bad_input(SCRIPT, "--resume", "runs/early", cwd=workdir, mentions=["--resume", "checkpoint"], keep=True)
     assert_bad_input(SCRIPT, "--resume", smoke_run, cwd=workdir, mentions=["--resume", "finished"], keep=True)
     (workdir / "runs/torn").mkdir()
-    (workdir / "runs/torn/checkpoint").write_bytes((smoke_run / "a2c_atari.pt").read_bytes()[:5000])
+    (workdir / "runs/torn/checkpoint").write_bytes((smoke_run / CHECKPOINT).read_bytes()[:5000])
     assert_bad_input(SCRIPT, "--resume", "runs/torn", cwd=workdir, mentions=["--resume", "not a torch"], keep=True)
 
 

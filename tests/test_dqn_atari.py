@@ -3,6 +3,7 @@ bookkeeping, reward clipping, the evaluation protocol, a smoke run on Breakout, 
 --resume, non-finite stops, the memory check, the environment as run (sticky actions)."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -17,14 +18,15 @@ from conftest import (
     assert_rejects_checkpoint,
     bad_torch_checkpoints,
     check_run_contract,
+    load_script,
     read_scalars,
     run_script,
+    weight_layers,
 )
 from scipy.stats import chisquare
 
-import dqn_atari as d
-
-SCRIPT = "dqn_atari.py"
+SCRIPT, d = load_script("dqn_atari.py")  # or the copy given by --script
+CHECKPOINT = f"{Path(SCRIPT).stem}.pt"  # what --save-model writes
 CPU = torch.device("cpu")
 
 
@@ -286,9 +288,9 @@ def test_sample_and_update_never_read_the_device(filled_buffer, monkeypatch):
     with pytest.raises(AssertionError, match="host read"):  # the trap works
         torch.nonzero(torch.ones(2))
     for double_q in (False, True):
-        loss, q_mean = d.dqn_update(q_network, target_network, optimizer, rb.sample(32, generator), 0.99, double_q)
+        metrics = d.dqn_update(q_network, target_network, optimizer, rb.sample(32, generator), 0.99, double_q)
     monkeypatch.undo()
-    assert np.isfinite(loss.item()) and np.isfinite(q_mean.item())
+    assert metrics and all(np.isfinite(v.item()) for v in metrics.values())
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA's sync debug mode needs a GPU")
@@ -316,7 +318,9 @@ def test_sample_and_update_do_not_sync_on_cuda():
     torch.cuda.set_sync_debug_mode("error")
     try:
         for double_q in (False, True):
-            loss, _ = d.dqn_update(q_network, target_network, optimizer, rb.sample(32, generator), 0.99, double_q)
+            loss = d.dqn_update(q_network, target_network, optimizer, rb.sample(32, generator), 0.99, double_q)[
+                "td_loss"
+            ]
     finally:
         torch.cuda.set_sync_debug_mode("default")
     assert torch.isfinite(loss).item()
@@ -382,8 +386,9 @@ def test_rewards_clipped_only_in_the_loss():
     batch = rb.sample(8, torch.Generator().manual_seed(0))
     assert (batch.rewards == 4.0).all(), "the buffer must keep raw rewards"
     net = d.QNetwork(3)
-    nn.init.zeros_(net.net[-1].weight), nn.init.zeros_(net.net[-1].bias)  # Q = 0 everywhere
-    loss, _ = d.dqn_update(net, d.QNetwork(3), torch.optim.SGD(net.parameters(), lr=0.0), batch, 0.99, False)
+    for p in net.parameters():  # Q = 0 everywhere, whatever the layers
+        nn.init.zeros_(p)
+    loss = d.dqn_update(net, d.QNetwork(3), torch.optim.SGD(net.parameters(), lr=0.0), batch, 0.99, False)["td_loss"]
     assert loss.item() == pytest.approx(0.5)  # Huber(0 - clip(4)=1) = 0.5; unclipped it would be 3.5
 
 
@@ -394,7 +399,7 @@ def test_update_bootstraps_from_next_obs_unless_terminated(double_q):
     nn.init.ones_(target.weight), nn.init.zeros_(target.bias)  # Q_target(s, .) = s
     obs, next_obs = torch.zeros(2, 1), torch.ones(2, 1)
     batch = d.Batch(obs, torch.tensor([0, 0]), torch.zeros(2), next_obs, torch.tensor([0.0, 1.0]), torch.ones(2))
-    loss, _ = d.dqn_update(q, target, torch.optim.SGD(q.parameters(), lr=0.0), batch, 1.0, double_q)
+    loss = d.dqn_update(q, target, torch.optim.SGD(q.parameters(), lr=0.0), batch, 1.0, double_q)["td_loss"]
     # Row 0 bootstraps from Q_target(s') = 1 (Huber 0.5), row 1 is terminal (target 0): mean 0.25.
     assert loss.item() == pytest.approx(0.25)
 
@@ -406,7 +411,7 @@ def test_invalid_slots_carry_no_weight():
         obs, torch.tensor([0, 0]), torch.tensor([1.0, 1000.0]), obs, torch.ones(2), valid=torch.tensor([1.0, 0.0])
     )
     nn.init.zeros_(q.weight), nn.init.zeros_(q.bias)
-    loss, _ = d.dqn_update(q, q, torch.optim.SGD(q.parameters(), lr=0.0), batch, 0.99, False)
+    loss = d.dqn_update(q, q, torch.optim.SGD(q.parameters(), lr=0.0), batch, 0.99, False)["td_loss"]
     assert loss.item() == pytest.approx(0.5)
 
 
@@ -507,7 +512,7 @@ def test_smoke_run_on_breakout(smoke_runs):
     lengths = [v for _, v in scalars["charts/episodic_length"]]
     # Whole games of random Breakout (5 lives) last >100 steps; a single life about 20-60.
     assert min(lengths) > 100, lengths
-    checkpoint = torch.load(run / "dqn_atari.pt", map_location="cpu")
+    checkpoint = torch.load(run / CHECKPOINT, map_location="cpu")
     steps = {float(s["step"]) for s in checkpoint["optimizer"]["state"].values()}
     assert steps == {float(summary["updates"])}, "Adam state lost: optimizer rebuilt during training"
     # Last sync at step 560, then 10 updates: a target that is the online net (or synced every update)
@@ -517,7 +522,7 @@ def test_smoke_run_on_breakout(smoke_runs):
 
 
 def test_gradient_norms_logged_per_layer(smoke_runs):
-    assert_layer_grad_norms(smoke_runs[0], [f"net.{i}" for i in (0, 2, 4, 7, 9)])
+    assert_layer_grad_norms(smoke_runs[0], weight_layers(d.QNetwork(4)))
 
 
 def test_same_seed_same_result(smoke_runs):
@@ -526,13 +531,13 @@ def test_same_seed_same_result(smoke_runs):
     sa, sb = read_scalars(smoke_runs[0]), read_scalars(smoke_runs[1])
     for tag in ("losses/td_loss", "charts/episodic_return"):
         assert sa[tag] == sb[tag], tag
-    wa = torch.load(smoke_runs[0] / "dqn_atari.pt")["q_network"]
-    wb = torch.load(smoke_runs[1] / "dqn_atari.pt")["q_network"]
+    wa = torch.load(smoke_runs[0] / CHECKPOINT)["q_network"]
+    wb = torch.load(smoke_runs[1] / CHECKPOINT)["q_network"]
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
 
 
 def test_eval_checkpoint_without_training(smoke_runs, workdir):
-    ckpt = smoke_runs[0] / "dqn_atari.pt"
+    ckpt = smoke_runs[0] / CHECKPOINT
     # A buffer far too large for memory: evaluation builds none, so it must not be refused for it.
     proc = run_script(
         SCRIPT,
@@ -607,7 +612,7 @@ BAD_CHECKPOINTS = {
 
 @pytest.mark.parametrize("name", BAD_CHECKPOINTS)
 def test_eval_checkpoint_rejects_other_files(smoke_runs, tmp_path, monkeypatch, capsys, name):
-    content = BAD_CHECKPOINTS[name](smoke_runs[0] / "dqn_atari.pt")
+    content = BAD_CHECKPOINTS[name](smoke_runs[0] / CHECKPOINT)
     env_id = "PongNoFrameskip-v4" if name == "other_game" else "BreakoutNoFrameskip-v4"
     line = assert_rejects_checkpoint(
         lambda path: d.main(
@@ -723,7 +728,7 @@ def test_resume_refuses_what_it_cannot_continue(workdir, smoke_runs):
     assert_bad_input(SCRIPT, "--resume", "runs/early", cwd=workdir, mentions=["--resume", "checkpoint"], keep=True)
     assert_bad_input(SCRIPT, "--resume", smoke_runs[0], cwd=workdir, mentions=["--resume", "finished"], keep=True)
     (workdir / "runs/torn").mkdir()
-    (workdir / "runs/torn/checkpoint").write_bytes((smoke_runs[0] / "dqn_atari.pt").read_bytes()[:5000])
+    (workdir / "runs/torn/checkpoint").write_bytes((smoke_runs[0] / CHECKPOINT).read_bytes()[:5000])
     assert_bad_input(SCRIPT, "--resume", "runs/torn", cwd=workdir, mentions=["--resume", "not a torch"], keep=True)
 
 

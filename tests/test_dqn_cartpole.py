@@ -2,6 +2,7 @@
 
 import dataclasses
 import json
+from pathlib import Path
 from types import SimpleNamespace
 
 import gymnasium as gym
@@ -18,14 +19,16 @@ from conftest import (
     assert_rejects_checkpoint,
     bad_torch_checkpoints,
     check_run_contract,
+    load_script,
     read_scalars,
     run_script,
+    start_script,
+    weight_layers,
 )
 from scipy.stats import chisquare
 
-import dqn_cartpole as dqn
-
-SCRIPT = "dqn_cartpole.py"
+SCRIPT, dqn = load_script("dqn_cartpole.py")  # or the copy given by --script
+CHECKPOINT = f"{Path(SCRIPT).stem}.pt"  # what --save-model writes
 CPU = torch.device("cpu")
 # A short run that trains (updates, target syncs, evaluations) in a few seconds.
 TINY = dict(
@@ -161,12 +164,12 @@ def test_update_bootstraps_from_next_obs_unless_terminated(double_q):
     batch = dqn.Batch(
         obs, torch.zeros(2, dtype=torch.long), torch.zeros(2), next_obs, torch.tensor([0.0, 1.0]), discount
     )
-    loss, _ = dqn.dqn_update(q, target, torch.optim.SGD(q.parameters(), lr=0.0), batch, double_q)
+    loss = dqn.dqn_update(q, target, torch.optim.SGD(q.parameters(), lr=0.0), batch, double_q)["td_loss"]
     # Row 0 bootstraps from Q_target(s') = 1 (Huber 0.5), row 1 is terminal (target 0): mean 0.25.
     assert loss.item() == pytest.approx(0.25)
     # Each transition's own discount (gamma^m of an n-step transition) scales its bootstrap.
     batch = batch._replace(terminated=torch.zeros(2), discount=torch.tensor([0.5, 0.25]))
-    loss, _ = dqn.dqn_update(q, target, torch.optim.SGD(q.parameters(), lr=0.0), batch, double_q)
+    loss = dqn.dqn_update(q, target, torch.optim.SGD(q.parameters(), lr=0.0), batch, double_q)["td_loss"]
     assert loss.item() == pytest.approx((0.5 * 0.5**2 + 0.5 * 0.25**2) / 2)
 
 
@@ -194,17 +197,16 @@ def test_update_moves_q_towards_target_and_keeps_adam_state():
         torch.ones(8),
         torch.full((8,), 0.99),
     )
-    losses = [dqn.dqn_update(q, target, optimizer, batch, False)[0].item() for _ in range(20)]
+    losses = [dqn.dqn_update(q, target, optimizer, batch, False)["td_loss"].item() for _ in range(20)]
     assert losses[-1] < losses[0]
     assert all(s["step"].item() == 20 for s in optimizer.state.values())
 
 
 # ---- Evaluation ----
 def test_evaluation_counts_each_episode_until_it_ends():
-    q = dqn.QNetwork(4, 2, 8)
-    nn.init.zeros_(q.net[-1].weight)
-    with torch.no_grad():
-        q.net[-1].bias.copy_(torch.tensor([1.0, 0.0]))  # always pushes left: episodes of 8-11 steps
+    def q(obs):  # any Q-network whose argmax always pushes left: episodes of 8-11 steps
+        return torch.tensor([[1.0, 0.0]]).expand(len(obs), -1)
+
     episodes = dqn.evaluate(q, "CartPole-v1", 4, seed=0, device=CPU)
     expected = []
     for i in range(4):  # env i of the vector env is reset with seed + i
@@ -232,7 +234,7 @@ def tiny_run(tmp_path_factory):
 
 def test_training_keeps_one_optimizer_and_a_separate_target(tiny_run):
     args, summary, run_dir = tiny_run
-    checkpoint = torch.load(run_dir / "dqn_cartpole.pt")
+    checkpoint = torch.load(run_dir / CHECKPOINT)
     expected_updates = (args.total_timesteps - args.learning_starts) // args.train_frequency
     assert summary["updates"] == checkpoint["updates"] == expected_updates
     # An Adam rebuilt every update would have restarted its step count (and moment estimates).
@@ -245,7 +247,7 @@ def test_training_keeps_one_optimizer_and_a_separate_target(tiny_run):
 
 
 def test_gradient_norms_logged_per_layer(tiny_run):
-    assert_layer_grad_norms(tiny_run[2], [f"net.{i}" for i in (0, 2, 4)])
+    assert_layer_grad_norms(tiny_run[2], weight_layers(dqn.QNetwork(4, 2, tiny_run[0].hidden_size)))
 
 
 def record_adds(monkeypatch):
@@ -330,7 +332,7 @@ def test_cli_run_contract_save_and_evaluate_checkpoint(workdir):
     assert "steps/s" in proc.stdout and "left" in proc.stdout  # progress lines
     summary = check_run_contract(workdir / "runs/smoke", SCRIPT, "CartPole-v1", 2, 2000)
     assert summary["final_eval"]["episodes"] == 3 and summary["device"] == "cpu"
-    checkpoint = workdir / "runs/smoke/dqn_cartpole.pt"
+    checkpoint = workdir / "runs/smoke" / CHECKPOINT
     # A buffer far too large for memory: evaluation builds none, so it must not be refused for it.
     proc = run_script(
         SCRIPT,
@@ -384,7 +386,7 @@ BAD_CHECKPOINTS = {
 
 @pytest.mark.parametrize("name", BAD_CHECKPOINTS)
 def test_eval_checkpoint_rejects_other_files(tiny_run, tmp_path, monkeypatch, capsys, name):
-    content = BAD_CHECKPOINTS[name](tiny_run[2] / "dqn_cartpole.pt")
+    content = BAD_CHECKPOINTS[name](tiny_run[2] / CHECKPOINT)
     line = assert_rejects_checkpoint(
         lambda path: dqn.main(
             dqn.Args(
@@ -478,7 +480,7 @@ def test_resume_refuses_what_it_cannot_continue(workdir, tiny_run):
     assert_bad_input(SCRIPT, "--resume", "runs/early", cwd=workdir, mentions=["--resume", "checkpoint"], keep=True)
     assert_bad_input(SCRIPT, "--resume", tiny_run[2], cwd=workdir, mentions=["--resume", "finished"], keep=True)
     (workdir / "runs/torn").mkdir()
-    (workdir / "runs/torn/checkpoint").write_bytes((tiny_run[2] / "dqn_cartpole.pt").read_bytes()[:5000])
+    (workdir / "runs/torn/checkpoint").write_bytes((tiny_run[2] / CHECKPOINT).read_bytes()[:5000])
     assert_bad_input(SCRIPT, "--resume", "runs/torn", cwd=workdir, mentions=["--resume", "not a torch"], keep=True)
 
 
@@ -523,3 +525,44 @@ def test_learns_cartpole_with_a_small_budget(tmp_path, monkeypatch):
         )
     )
     assert summary["final_eval"]["mean"] >= 300, summary["final_eval"]
+
+
+# ---- Runs are never overwritten; every evaluation plays its own games (new_run_dir is shared: tests/test_scripts.py) ----
+def test_existing_run_is_never_written_into(workdir):
+    run = workdir / "runs" / "taken"
+    run.mkdir(parents=True)
+    (run / "summary.json").write_text('{"status": "finished"}')
+    assert_bad_input(
+        SCRIPT,
+        *CLI_TINY,
+        "--run-name",
+        "taken",
+        cwd=workdir,
+        mentions=["runs/taken", "already exists", "--resume"],
+        keep=True,
+    )
+    assert (run / "summary.json").read_text() == '{"status": "finished"}'
+
+
+def test_two_runs_started_with_one_name_exactly_one_runs(workdir):
+    procs = [start_script(SCRIPT, *CLI_TINY, "--run-name", "twin", cwd=workdir) for _ in range(2)]
+    outcomes = sorted((p.wait(timeout=300), p.stderr.read()) for p in procs)
+    assert [code for code, _ in outcomes] == [0, 2], outcomes
+    assert "already exists" in outcomes[1][1]
+    assert json.loads((workdir / "runs/twin/summary.json").read_text())["status"] == "finished"
+
+
+def test_every_evaluation_plays_its_own_games(workdir, monkeypatch):
+    calls, original = [], dqn.evaluate
+
+    def spy(*a, **kw):  # evaluate(net, env_id, episodes, seed, ...): env i is seeded seed + i
+        calls.append(range(a[3], a[3] + a[2]))
+        return original(*a, **kw)
+
+    monkeypatch.chdir(workdir)
+    monkeypatch.setattr(dqn, "evaluate", spy)
+    # 2,500 steps, evaluations every 1,000: at 1,000, 2,000, the last step 2,500, then the final one.
+    summary = dqn.main(tiny_args(total_timesteps=2_500, eval_episodes=3))
+    assert len(calls) == len(summary["eval_history"]) + 1 == 4
+    seeds = [s for r in calls for s in r]
+    assert len(seeds) == len(set(seeds)), calls

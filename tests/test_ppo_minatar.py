@@ -7,6 +7,7 @@ few runs use the CLI.
 """
 
 import ast
+import dataclasses
 import json
 import re
 from functools import partial
@@ -27,12 +28,22 @@ from conftest import (  # noqa: E402
     assert_kill_resume_equal,
     assert_nonfinite_stops,
     check_run_contract,
+    load_script,
     read_scalars,
     run_script,
 )
 
-import ppo_minatar_cnn_jax as cnn  # noqa: E402
-import ppo_minatar_jax as mlp  # noqa: E402
+
+def is_cnn(module) -> bool:
+    return "channels" in {f.name for f in dataclasses.fields(module.Args)}
+
+
+# The two scripts, or a copy of one given by --script (a CNN copy if its Args have `channels`) and the other.
+ORIGINALS = ("ppo_minatar_jax.py", "ppo_minatar_cnn_jax.py")
+_, mlp = load_script(ORIGINALS[0], fits=lambda m: not is_cnn(m))
+_, cnn = load_script(ORIGINALS[1], fits=is_cnn)
+COPY = [m for m in (mlp, cnn) if m.SCRIPT not in ORIGINALS]
+ORIGINALS_ONLY = pytest.mark.skipif(bool(COPY), reason="about the original scripts, not a modified copy")
 
 # 6 updates of 256 steps; chunks of 2 updates, evaluations every 3: both boundaries are exercised.
 TINY = dict(
@@ -49,8 +60,10 @@ TINY = dict(
 )
 TINY_CLI = [f"--{k.replace('_', '-')}={v}" for k, v in TINY.items() if k != "cuda"] + ["--no-cuda"]
 TINY_NET = {mlp: dict(hidden_sizes=(16,)), cnn: dict(channels=(4,), hidden_size=8)}
+OTHER_NET = {mlp: dict(hidden_sizes=(32,)), cnn: dict(channels=(8,), hidden_size=8)}
 # Tests of pieces the two scripts share run on both: a bug planted in either one must fail a test.
-BOTH = pytest.mark.parametrize("module", [mlp, cnn], ids=["mlp", "cnn"])
+# With --script, only the copy.
+BOTH = pytest.mark.parametrize("module", COPY or [mlp, cnn], ids=["copy"] if COPY else ["mlp", "cnn"])
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -398,7 +411,7 @@ def test_save_model_round_trip(tmp_path):
     saved, template = tiny_runner(mlp, seed=0)._replace(update=jnp.int32(3)), tiny_runner(mlp, seed=9)
     mlp.save_model(tmp_path / "c.msgpack", saved, 768, tiny_args(mlp))
     state = mlp.read_checkpoint(str(tmp_path / "c.msgpack"), "--eval-checkpoint")
-    assert state["global_step"] == 768 and state["script"] == "ppo_minatar_jax.py"
+    assert state["global_step"] == 768 and state["script"] == mlp.SCRIPT
     restored = mlp.restore(state["runner"], template, "--eval-checkpoint", "c.msgpack")
     jax.tree.map(np.testing.assert_array_equal, restored, saved)
     assert jax.tree.map(lambda x: (x.dtype, x.weak_type), restored) == jax.tree.map(
@@ -425,8 +438,8 @@ def write_bad_checkpoint(kind, module, path):
         import torch
 
         torch.save({"q_network": {"weight": torch.zeros(3, 4)}}, path)
-    elif kind == "other_sizes":
-        save(module, **{mlp: dict(hidden_sizes=(32,)), cnn: dict(channels=(8,), hidden_size=8)}[module])
+    elif kind == "code_differs":  # its args are this network's, its weights another network's
+        module.save_model(path, tiny_runner(module, **OTHER_NET[module]), 768, tiny_args(module))
     elif kind == "save_model":  # a fine --save-model file, but one that cannot be resumed
         save(module)
 
@@ -445,17 +458,31 @@ def assert_main_rejects(module, workdir, monkeypatch, capfd, mentions, **kw):
 @BOTH
 @pytest.mark.parametrize(
     "flag,kind",
-    [("eval_checkpoint", kind) for kind in ("garbage", "empty", "truncated", "other_script", "torch", "other_sizes")]
+    [("eval_checkpoint", kind) for kind in ("garbage", "empty", "truncated", "other_script", "torch", "code_differs")]
     + [("resume", kind) for kind in ("garbage", "empty", "truncated", "other_script", "torch", "save_model")],
 )
 def test_foreign_checkpoint_is_bad_input(module, flag, kind, workdir, monkeypatch, capfd):
     (workdir / "runs/cut").mkdir(parents=True)
     write_bad_checkpoint(kind, module, workdir / "runs/cut/checkpoint")
     other = [(cnn if module is mlp else mlp).SCRIPT] if kind == "other_script" else []
+    # The flags that size the network match the checkpoint's: the network code is to blame, and the entries named.
+    other += ["network code differs", "entries differ", "saved"] if kind == "code_differs" else []
     where = "runs/cut/checkpoint" if flag == "eval_checkpoint" else "runs/cut"
     assert_main_rejects(
         module, workdir, monkeypatch, capfd, [f"--{flag.replace('_', '-')}", where, *other], **{flag: where}
     )
+
+
+@BOTH
+def test_eval_checkpoint_takes_the_network_flags_from_the_checkpoint(module, workdir, monkeypatch):
+    # Saved with other sizes: evaluated with the saved sizes, whatever the flags say (here TINY_NET's).
+    module.save_model(
+        workdir / "c.msgpack", tiny_runner(module, **OTHER_NET[module]), 768, tiny_args(module, **OTHER_NET[module])
+    )
+    (summary,) = run_main(module, workdir, monkeypatch, eval_checkpoint="c.msgpack", run_name="e", **TINY_NET[module])
+    for flag, value in OTHER_NET[module].items():
+        assert tuple(np.ravel(summary["args"][flag])) == tuple(np.ravel(value)), flag
+    assert summary["final_eval"]["episodes"] == TINY["final_eval_episodes"]
 
 
 def test_resume_refuses_what_it_cannot_continue(workdir, monkeypatch, capfd):
@@ -480,6 +507,7 @@ def test_rollout_that_cannot_fit_in_memory_is_bad_input(workdir, monkeypatch, ca
     )
 
 
+@ORIGINALS_ONLY  # the published network's size: a modified network has another
 def test_cnn_default_parameter_count():
     env, env_params = cnn.make_env("Breakout-MinAtar")
     net = cnn.ActorCritic(*cnn.make_networks(cnn.Args(), env.action_space(env_params).n))
@@ -581,7 +609,7 @@ def test_num_seeds_matches_single_seed_runs_and_is_deterministic(workdir, monkey
     again = run_main(mlp, workdir, monkeypatch, seed=1, run_name="s1_again")[0]
     for seed, one in zip((1, 2), single):
         check_run_contract(
-            workdir / "runs" / f"k2__{seed}", "ppo_minatar_jax.py", "Breakout-MinAtar", seed, TINY["total_timesteps"]
+            workdir / "runs" / f"k2__{seed}", mlp.SCRIPT, "Breakout-MinAtar", seed, TINY["total_timesteps"]
         )
         a, b = series(workdir / "runs" / f"k2__{seed}"), series(workdir / "runs" / f"s{seed}")
         for tag in a:
@@ -654,7 +682,7 @@ def test_smoke_other_envs(env_id, kw, workdir, monkeypatch):
     """Breakout runs in the tests above; here each other game trains, evaluates and writes a summary."""
     (summary,) = run_main(mlp, workdir, monkeypatch, env_id=env_id, run_name="smoke", **kw)
     check_run_contract(
-        workdir / "runs" / "smoke", "ppo_minatar_jax.py", env_id, 1, kw.get("total_timesteps", TINY["total_timesteps"])
+        workdir / "runs" / "smoke", mlp.SCRIPT, env_id, 1, kw.get("total_timesteps", TINY["total_timesteps"])
     )
     assert np.isfinite(summary["final_eval"]["mean"]) and summary["final_eval_greedy"]["episodes"] == 8
     if env_id == "Freeway-MinAtar":  # every episode is cut by the time limit
@@ -688,14 +716,12 @@ def test_learns_breakout(workdir, monkeypatch):
 
 # ---- CLI ----
 def test_cli_run_contract_checkpoint_and_eval(workdir):
-    proc = run_script(
-        "ppo_minatar_jax.py", *TINY_CLI, "--num-seeds", 2, "--run-name", "cli", "--save-model", cwd=workdir
-    )
+    proc = run_script(mlp.SCRIPT, *TINY_CLI, "--num-seeds", 2, "--run-name", "cli", "--save-model", cwd=workdir)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "step 1,536/1,536" in proc.stdout
     for seed in (1, 2):
         run_dir = workdir / "runs" / f"cli__{seed}"
-        summary = check_run_contract(run_dir, "ppo_minatar_jax.py", "Breakout-MinAtar", seed, 1536)
+        summary = check_run_contract(run_dir, mlp.SCRIPT, "Breakout-MinAtar", seed, 1536)
         assert summary["final_eval_greedy"]["episodes"] == 8
         tags = set(read_scalars(run_dir))
         for tag in (
@@ -709,15 +735,13 @@ def test_cli_run_contract_checkpoint_and_eval(workdir):
             "losses/grad_norm/actor/Dense_0",
             "losses/grad_norm/critic/Dense_2",
             "eval/final_greedy_episodic_return",
-            "charts/policy_parameters",
+            "charts/parameters/actor",
         ):
             assert tag in tags, tag
-    ckpt = workdir / "runs" / "cli__2" / "ppo_minatar_jax.msgpack"
+    ckpt = workdir / "runs" / "cli__2" / f"{Path(mlp.SCRIPT).stem}.msgpack"
     assert ckpt.is_file()
     # Evaluating the checkpoint reproduces the run's own final evaluation (same params, same eval keys).
-    proc = run_script(
-        "ppo_minatar_jax.py", *TINY_CLI, "--seed", 2, "--run-name", "ev", "--eval-checkpoint", ckpt, cwd=workdir
-    )
+    proc = run_script(mlp.SCRIPT, *TINY_CLI, "--seed", 2, "--run-name", "ev", "--eval-checkpoint", ckpt, cwd=workdir)
     assert proc.returncode == 0, proc.stderr[-3000:]
     ev = json.loads((workdir / "runs" / "ev" / "summary.json").read_text())
     trained = json.loads((workdir / "runs" / "cli__2" / "summary.json").read_text())
@@ -727,7 +751,7 @@ def test_cli_run_contract_checkpoint_and_eval(workdir):
     other = workdir / "other"
     other.mkdir()
     assert_bad_input(
-        "ppo_minatar_jax.py",
+        mlp.SCRIPT,
         "--no-cuda",
         "--hidden-sizes",
         32,
@@ -739,10 +763,10 @@ def test_cli_run_contract_checkpoint_and_eval(workdir):
 
 
 def test_cnn_cli_run_contract_and_video(workdir):
-    proc = run_script("ppo_minatar_cnn_jax.py", *TINY_CLI, "--run-name", "cnn", "--capture-video", cwd=workdir)
+    proc = run_script(cnn.SCRIPT, *TINY_CLI, "--run-name", "cnn", "--capture-video", cwd=workdir)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "policy 155,315" in proc.stdout
-    summary = check_run_contract(workdir / "runs" / "cnn", "ppo_minatar_cnn_jax.py", "Breakout-MinAtar", 1, 1536)
+    summary = check_run_contract(workdir / "runs" / "cnn", cnn.SCRIPT, "Breakout-MinAtar", 1, 1536)
     assert summary["parameter_count"]["actor"] == 155_315
     assert list((workdir / "runs" / "cnn" / "videos").glob("*.mp4"))
 
@@ -754,7 +778,7 @@ def test_cnn_num_seeds_finishes_and_matches_single_seed_run(workdir):
     differently (1e-7 relative at the first update, 1e-4 after 6), so the curves are compared to 1e-3
     and the final evaluation, whose sampled actions can flip on such a difference, is not."""
     for extra in (["--num-seeds", "2", "--run-name", "k2"], ["--seed", "2", "--run-name", "s2"]):
-        proc = run_script("ppo_minatar_cnn_jax.py", *TINY_CLI, *extra, cwd=workdir, timeout=300)
+        proc = run_script(cnn.SCRIPT, *TINY_CLI, *extra, cwd=workdir, timeout=300)
         assert proc.returncode == 0, proc.stderr[-3000:]
     a, b = series(workdir / "runs" / "k2__2"), series(workdir / "runs" / "s2")
     for tag in a:
@@ -766,11 +790,11 @@ def test_cnn_num_seeds_finishes_and_matches_single_seed_run(workdir):
 @pytest.mark.parametrize(
     "script,args,mentions",
     [
-        ("ppo_minatar_jax.py", ["--env-id", "Pong-MinAtar"], ["Pong-MinAtar", "Breakout-MinAtar"]),
-        ("ppo_minatar_jax.py", ["--num-envs", "10", "--num-steps", "3", "--num-minibatches", "4"], "--num-minibatches"),
-        ("ppo_minatar_jax.py", ["--total-timesteps", "100"], "--total-timesteps"),
-        ("ppo_minatar_jax.py", ["--eval-checkpoint", "nope.msgpack"], "nope.msgpack"),
-        ("ppo_minatar_cnn_jax.py", ["--channels", "8", "8", "8", "8", "8"], "--channels"),
+        (mlp.SCRIPT, ["--env-id", "Pong-MinAtar"], ["Pong-MinAtar", "Breakout-MinAtar"]),
+        (mlp.SCRIPT, ["--num-envs", "10", "--num-steps", "3", "--num-minibatches", "4"], "--num-minibatches"),
+        (mlp.SCRIPT, ["--total-timesteps", "100"], "--total-timesteps"),
+        (mlp.SCRIPT, ["--eval-checkpoint", "nope.msgpack"], "nope.msgpack"),
+        (cnn.SCRIPT, ["--channels", "8", "8", "8", "8", "8"], "--channels"),
     ],
 )
 def test_bad_input(script, args, mentions, workdir):
@@ -794,8 +818,9 @@ def without_def(source: str, name: str) -> str:
     return "".join(lines)
 
 
+@ORIGINALS_ONLY
 def test_scripts_differ_only_in_the_network():
-    a, b = sections(ROOT / "ppo_minatar_jax.py"), sections(ROOT / "ppo_minatar_cnn_jax.py")
+    a, b = (sections(ROOT / name) for name in ORIGINALS)
     assert list(a) == list(b)
     assert list(a)[:2] == ["# ==== Arguments ====", "# ==== Environment ===="] and "# ==== Training ====" in a
     for name in a:

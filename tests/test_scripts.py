@@ -11,7 +11,7 @@ SCRIPTS = ["dqn_cartpole.py", "dqn_atari.py", "a2c_atari.py", "ppo_minatar_jax.p
 TORCH_SCRIPTS = SCRIPTS[:3]
 # The appendix pieces every script carries, byte for byte: a fix to one is a fix to all five.
 SHARED = ["fail", "versions", "eval_stats", "available_memory", "check_fits", "resume_path", "new_run_dir", "RunLog"]
-TORCH_SHARED = ["all_finite", "rng_states", "set_rng_states", "load_checkpoint"]
+TORCH_SHARED = ["all_finite", "rng_states", "set_rng_states", "load_checkpoint", "load_weights"]
 APPENDIX = "# ==== Appendix: run bookkeeping (logs, summary, checkpoints, checks; nothing here affects learning) ===="
 SECTIONS = ["Arguments", "Environment", "Network", None, "Loss", "Update", "Evaluation", "Training"]
 
