@@ -412,7 +412,9 @@ def test_save_model_round_trip(tmp_path):
     mlp.save_model(tmp_path / "c.msgpack", saved, 768, tiny_args(mlp))
     state = mlp.read_checkpoint(str(tmp_path / "c.msgpack"), "--eval-checkpoint")
     assert state["global_step"] == 768 and state["script"] == mlp.SCRIPT
-    restored = mlp.restore(state["runner"], template, "--eval-checkpoint", "c.msgpack")
+    restored = mlp.restore(
+        state["runner"], template, "--eval-checkpoint", "c.msgpack", json.loads(state["args"]), tiny_args(mlp)
+    )
     jax.tree.map(np.testing.assert_array_equal, restored, saved)
     assert jax.tree.map(lambda x: (x.dtype, x.weak_type), restored) == jax.tree.map(
         lambda x: (x.dtype, x.weak_type), template
