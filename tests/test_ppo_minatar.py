@@ -767,7 +767,7 @@ def test_cli_run_contract_checkpoint_and_eval(workdir):
 def test_cnn_cli_run_contract_and_video(workdir):
     proc = run_script(cnn.SCRIPT, *TINY_CLI, "--run-name", "cnn", "--capture-video", cwd=workdir)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "policy 155,315" in proc.stdout
+    assert "actor 155,315" in proc.stdout
     summary = check_run_contract(workdir / "runs" / "cnn", cnn.SCRIPT, "Breakout-MinAtar", 1, 1536)
     assert summary["parameter_count"]["actor"] == 155_315
     assert list((workdir / "runs" / "cnn" / "videos").glob("*.mp4"))
