@@ -749,14 +749,15 @@ def test_cli_run_contract_checkpoint_and_eval(workdir):
     trained = json.loads((workdir / "runs" / "cli__2" / "summary.json").read_text())
     assert ev["final_eval"] == trained["final_eval"] and ev["final_eval_greedy"] == trained["final_eval_greedy"]
     assert ev["total_timesteps"] == 1536
-    # A checkpoint of another network is bad input: one line, exit 2, no run directory.
+    # A checkpoint of another game's network (the sizes come from the checkpoint, the game does not) is
+    # bad input: one line, exit 2, no run directory.
     other = workdir / "other"
     other.mkdir()
     assert_bad_input(
         mlp.SCRIPT,
         "--no-cuda",
-        "--hidden-sizes",
-        32,
+        "--env-id",
+        "SpaceInvaders-MinAtar",
         "--eval-checkpoint",
         ckpt,
         cwd=other,
