@@ -583,3 +583,32 @@ def test_report_seeds_never_tune():
         for entry in suite["runs"]:
             used = set(entry["seeds"])
             assert used <= report if name == "unseen" else not used & report, (name, entry["script"])
+
+
+def test_bench_ppo_update_counts_flops_and_sums_op_time_by_kind(tmp_path):
+    import gzip
+
+    import bench_ppo_update
+    import jax
+    import jax.numpy as jnp
+
+    x = jnp.ones((64, 32))
+    assert bench_ppo_update.flops_of(lambda a, b: a @ b, x, x.T) == 2 * 64 * 32 * 64
+    # XLA counts a loop's body once, whatever its length: why the update's FLOPs are summed from its parts.
+    looped = bench_ppo_update.flops_of(
+        lambda a: jax.lax.scan(lambda c, _: (c @ a, None), a, None, length=5)[0], x @ x.T
+    )
+    assert looped < 2 * 2 * 64**3
+    trace = tmp_path / "plugins" / "profile" / "run1" / "perfetto_trace.json.gz"
+    trace.parent.mkdir(parents=True)
+    events = [
+        {"ph": "X", "name": "ynn_fusion.12", "dur": 30},
+        {"ph": "X", "name": "ynn_fusion.3", "dur": 30},
+        {"ph": "X", "name": "concatenate.171", "dur": 40},
+        {"ph": "X", "name": "ThunkExecutor::Execute", "dur": 1000},  # the executor around the ops, not an op
+        {"ph": "X", "name": "$api.py:2479 block_until_ready", "dur": 1000},
+        {"ph": "i", "name": "marker"},
+    ]
+    with gzip.open(trace, "wt") as f:
+        json.dump({"traceEvents": events}, f)
+    assert bench_ppo_update.op_time_share(tmp_path) == {"ynn_fusion": 0.6, "concatenate": 0.4}
