@@ -20,7 +20,6 @@ import importlib.util
 import json
 import re
 import time
-from functools import partial
 from pathlib import Path
 
 import jax
@@ -56,8 +55,13 @@ def measure(script: str, env_id: str, updates: int, profile: Path | None = None)
     forward = flops_of(lambda p, o: (net.logits(p, o), net.values(p, o)), runner.params, obs)
     minibatch = {k: jnp.zeros(batch // args.num_minibatches) for k in ("log_prob", "value", "advantages", "returns")}
     minibatch |= {"obs": obs[: batch // args.num_minibatches], "action": jnp.zeros(len(minibatch["value"]), int)}
-    loss = partial(m.ppo_loss, net=net, clip_coef=0.2, ent_coef=0.01, vf_coef=0.5, norm_adv=True, clip_vloss=False)
-    grad = flops_of(jax.grad(lambda p, b: loss(p, batch=b)[0]), runner.params, minibatch)
+
+    def loss(params, b):  # the script's own loss at its own coefficients
+        return m.ppo_loss(params, net, b, args.clip_coef, args.ent_coef, args.vf_coef, args.norm_adv, args.clip_vloss)[
+            0
+        ]
+
+    grad = flops_of(jax.grad(loss), runner.params, minibatch)
     flops = updates * (forward + args.update_epochs * args.num_minibatches * grad)
     row = {"script": script, "env_id": env_id, "steps": steps, "seconds": round(seconds, 3)}
     row |= {"steps_per_s": round(steps / seconds), "gflop_per_step": round(flops / steps / 1e9, 4)}
