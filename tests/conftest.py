@@ -242,13 +242,7 @@ def kill_after_checkpoint(script, *args, cwd, run_name, rng, timeout=300):
     import signal
     import time
 
-    proc = subprocess.Popen(
-        [sys.executable, str(ROOT / script), *map(str, args), "--run-name", run_name],
-        cwd=cwd,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    proc = start_script(script, *args, "--run-name", run_name, cwd=cwd)  # a --script copy outside ROOT too
     checkpoint, deadline = Path(cwd) / "runs" / run_name / "checkpoint", time.time() + timeout
     while not checkpoint.exists():
         assert proc.poll() is None, f"{script} stopped before its first checkpoint: {proc.stderr.read()[-3000:]}"

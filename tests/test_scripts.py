@@ -78,3 +78,22 @@ def test_train_is_about_a_hundred_lines(script):
     tree = ast.parse((ROOT / script).read_text())
     train = next(node for node in tree.body if isinstance(node, ast.FunctionDef) and node.name == "train")
     assert len({node.lineno for node in ast.walk(train) if isinstance(node, ast.stmt)}) <= 100
+
+
+def test_kill_helper_starts_a_copy_that_lives_outside_the_repo(tmp_path, monkeypatch):
+    """`--script` takes any path: the kill-and-resume helper once started ROOT/<name> and failed on a copy elsewhere."""
+    import conftest
+    import numpy as np
+
+    copy = tmp_path / "elsewhere" / "copied_agent.py"
+    copy.parent.mkdir()
+    copy.write_text(
+        "import pathlib, sys, time\n"
+        "run = pathlib.Path('runs', sys.argv[sys.argv.index('--run-name') + 1])\n"
+        "run.mkdir(parents=True)\n"
+        "(run / 'checkpoint').write_text('ok')\n"
+        "time.sleep(60)\n"
+    )
+    monkeypatch.setitem(conftest.SCRIPT_PATHS, copy.name, copy)
+    delay = conftest.kill_after_checkpoint(copy.name, cwd=tmp_path, run_name="k", rng=np.random.default_rng(0))
+    assert 0.0 <= delay <= 1.0 and (tmp_path / "runs" / "k" / "checkpoint").read_text() == "ok"
